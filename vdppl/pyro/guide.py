@@ -1,0 +1,375 @@
+"""``AutoVariationalDropout``: an autoguide for models with log-uniform priors.
+
+[1] Kingma, Salimans, Welling (2015) "Variational Dropout and the Local
+    Reparameterization Trick", arXiv:1506.02557.
+[2] Molchanov, Ashukha, Vetrov (2017) "Variational Dropout Sparsifies Deep Neural
+    Networks", ICML, arXiv:1701.05369.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack
+from operator import attrgetter
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.distributions import constraints
+from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.initialization import InitMessenger
+from pyro.infer.autoguide.utils import deep_setattr, helpful_support_errors
+from pyro.nn import PyroModule, PyroParam
+from torch.distributions import biject_to
+
+from vdppl import kl as vdkl
+from vdppl.pyro.distributions import DropoutNormal, is_log_uniform
+from vdppl.pyro.init import init_to_module
+from vdppl.pyro.local_reparam_messenger import LRT_FLAG
+
+__all__ = ["AutoVariationalDropout"]
+
+NOISE_MODES = ("additive", "multiplicative")
+ALPHA_SHAPES = ("weight", "unit", "layer")
+INIT_LOG_SIGMA2_RANGE = (-30.0, 5.0)
+
+
+class _Site(NamedTuple):
+    name: str
+    frames: tuple
+    event_dim: int
+    variational_dropout: bool
+    local_reparam: bool
+    transform: object
+
+
+def _alpha_param_shape(shape: torch.Size, alpha_shape: str) -> tuple[int, ...]:
+    """Shape of the dropout-rate parameter of a weight of ``shape`` (torch layout).
+
+    ``weight``: one rate per weight; ``unit``: one per input unit, axis 1 of an
+    ``(out, in, *kernel)`` weight (a 1-d site has one per element); ``layer``: one.
+    """
+    if alpha_shape == "weight" or (alpha_shape == "unit" and len(shape) < 2):
+        return tuple(shape)
+    if alpha_shape == "unit":
+        return (1, shape[1]) + (1,) * (len(shape) - 2)
+    return (1,) * len(shape)
+
+
+class AutoVariationalDropout(AutoGuide):
+    """Factorized Gaussian guide with learned dropout rates for :class:`LogUniform` sites.
+
+    Every latent site whose prior is :class:`~vdppl.pyro.LogUniform` gets
+    ``q(w) = N(theta, sigma^2)`` with dropout rate ``alpha = sigma^2 / theta^2``:
+
+    * ``noise="additive"`` (default; sparse VD [2]): parameters ``theta`` and
+      ``log_sigma2`` per weight; ``log_alpha = log_sigma2 - log(theta**2 + 1e-8)`` clipped
+      to ``[-8, 8]``; KL by [2]'s approximation. Alpha is unbounded, so weights can be
+      pruned (:meth:`mask`).
+    * ``noise="multiplicative"`` (variational dropout [1]): parameters ``theta`` and
+      ``log_alpha`` (shape set by ``alpha_shape``); ``sigma^2 = alpha * theta**2``;
+      ``log_alpha`` clipped to ``[-8, max_log_alpha]``. With ``max_log_alpha <= 0``
+      (alpha <= 1, the default) the KL uses [1]'s cubic fit, otherwise [2]'s.
+    * ``fixed_alpha=a``: Gaussian dropout with the rate frozen, ``p = a / (1 + a)``
+      (multiplicative noise; only ``theta`` is learned).
+
+    ``alpha_shape`` (multiplicative noise only): ``"weight"`` (variational dropout B, one
+    rate per weight), ``"unit"`` (one rate per input unit: axis 1 of an
+    ``(out, in, *kernel)`` weight, Gaussian dropout of the layer's inputs as in variational
+    dropout A; the noise stays independent per weight, which is what the local
+    reparameterization of a factorized posterior samples), ``"layer"`` (one rate).
+
+    Means start from each site's initial value (:func:`~vdppl.pyro.init_to_module`: the
+    module's own weights, so a pretrained network can be sparsified) and
+    ``log sigma^2 = init_log_sigma2`` (default -10, as [2]).
+
+    Latent sites with any other prior are handled as :class:`~pyro.infer.autoguide.AutoNormal`
+    handles them: a Normal in unconstrained space with ``init_scale``. Parameters of
+    ``torch.nn`` modules (e.g. biases kept by :func:`~vdppl.pyro.bayesianize`) are not
+    latent sites; SVI fits them as point estimates.
+
+    Weight sites marked ``infer={"local_reparam": True}`` in the model are marked the same
+    in the guide, so that :class:`~vdppl.pyro.LocalReparamELBO` samples their
+    pre-activations instead of the weights.
+
+    :param callable model: a Pyro model.
+    :param str noise: ``"additive"`` or ``"multiplicative"``; default additive, or
+        multiplicative when ``fixed_alpha`` is given.
+    :param str alpha_shape: ``"weight"``, ``"unit"`` or ``"layer"``.
+    :param float fixed_alpha: freeze alpha at this value (Gaussian dropout).
+    :param float max_log_alpha: upper clip of ``log alpha`` in multiplicative mode
+        (``0.0``: alpha <= 1); ``None`` leaves it at 8.
+    :param float init_log_sigma2: initial ``log sigma^2``, in ``[-30, 5]``.
+    :param callable init_loc_fn: per-site initial values; default
+        :func:`~vdppl.pyro.init_to_module`.
+    :param float init_scale: initial scale of the Normal guide of non-log-uniform sites.
+    :param callable create_plates: as for :class:`~pyro.infer.autoguide.AutoNormal`.
+    """
+
+    scale_constraint = constraints.softplus_positive
+
+    def __init__(
+        self,
+        model,
+        *,
+        noise: str | None = None,
+        alpha_shape: str = "weight",
+        fixed_alpha: float | None = None,
+        max_log_alpha: float | None = 0.0,
+        init_log_sigma2: float = -10.0,
+        init_loc_fn=init_to_module,
+        init_scale: float = 0.1,
+        create_plates=None,
+    ):
+        if noise is None:
+            noise = "multiplicative" if fixed_alpha is not None else "additive"
+        if noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
+        if alpha_shape not in ALPHA_SHAPES:
+            raise ValueError(f"alpha_shape must be one of {ALPHA_SHAPES}, got {alpha_shape!r}")
+        if noise == "additive" and alpha_shape != "weight":
+            raise ValueError(
+                f"alpha_shape={alpha_shape!r} needs noise='multiplicative': additive noise "
+                "learns one sigma per weight, so its alpha is per weight."
+            )
+        if noise == "additive" and fixed_alpha is not None:
+            raise ValueError(
+                "fixed_alpha is Gaussian dropout, which is multiplicative noise; "
+                "use noise='multiplicative' (or leave noise unset)."
+            )
+        if fixed_alpha is not None and not (
+            isinstance(fixed_alpha, (int, float)) and math.isfinite(fixed_alpha) and fixed_alpha > 0
+        ):
+            raise ValueError(
+                f"Expected fixed_alpha > 0 and finite but got {fixed_alpha!r}. For dropout "
+                "rate p use alpha = p / (1 - p) (p = 0.5 gives alpha = 1)."
+            )
+        if max_log_alpha is not None and not (
+            isinstance(max_log_alpha, (int, float))
+            and vdkl.LOG_ALPHA_CLIP[0] < max_log_alpha <= vdkl.LOG_ALPHA_CLIP[1]
+        ):
+            raise ValueError(
+                f"max_log_alpha must be in (-8, 8] or None, got {max_log_alpha!r}; 0.0 bounds "
+                "alpha by 1 as in Kingma et al. (2015)."
+            )
+        low, high = INIT_LOG_SIGMA2_RANGE
+        if not (isinstance(init_log_sigma2, (int, float)) and low <= init_log_sigma2 <= high):
+            raise ValueError(
+                f"init_log_sigma2 must be a number in [{low}, {high}], got {init_log_sigma2!r}. "
+                "Below, the noise is lost to float32 rounding of the weights; above, every "
+                "weight starts as noise. Molchanov et al. (2017) use -10."
+            )
+        if not (isinstance(init_scale, float) and init_scale > 0):
+            raise ValueError(f"Expected init_scale > 0. but got {init_scale!r}")
+        self.noise = noise
+        self.alpha_shape = alpha_shape
+        self.fixed_alpha = None if fixed_alpha is None else float(fixed_alpha)
+        self.max_log_alpha = (
+            vdkl.LOG_ALPHA_CLIP[1] if max_log_alpha is None else float(max_log_alpha)
+        )
+        self.init_log_sigma2 = float(init_log_sigma2)
+        self.init_loc_fn = init_loc_fn
+        self._init_scale = init_scale
+        model = InitMessenger(init_loc_fn)(model)
+        super().__init__(model, create_plates=create_plates)
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def kl_approximation(self) -> str:
+        """``"kingma"`` when alpha is bounded by 1 (multiplicative noise), else ``"molchanov"``."""
+        if self.noise == "multiplicative" and self._max_log_alpha_in_use() <= 0:
+            return "kingma"
+        return "molchanov"
+
+    def _max_log_alpha_in_use(self) -> float:
+        if self.fixed_alpha is not None:
+            return math.log(self.fixed_alpha)
+        return self.max_log_alpha
+
+    def _setup_prototype(self, *args, **kwargs):
+        super()._setup_prototype(*args, **kwargs)
+        self.theta = PyroModule()
+        self.log_sigma2 = PyroModule()
+        self.log_alpha_param = PyroModule()
+        self.locs = PyroModule()
+        self.scales = PyroModule()
+        self._sites: list[_Site] = []
+        for name, site in self.prototype_trace.iter_stochastic_nodes():
+            frames = tuple(f for f in site["cond_indep_stack"] if f.vectorized)
+            if is_log_uniform(site["fn"]):
+                self._setup_dropout_site(name, site, frames)
+            else:
+                self._setup_normal_site(name, site, frames)
+        if not any(s.variational_dropout for s in self._sites):
+            raise ValueError(
+                "AutoVariationalDropout found no latent site with a LogUniform prior in the "
+                "model. Put vdppl.pyro.LogUniform() on the weights (vdppl.pyro.bayesianize "
+                "does), or use pyro.infer.autoguide.AutoNormal."
+            )
+
+    def _setup_dropout_site(self, name, site, frames):
+        for frame in frames:
+            if (frame.full_size or frame.size) != frame.size:
+                raise ValueError(
+                    f"site {name!r} has a LogUniform prior inside the subsampled plate "
+                    f"{frame.name!r}; weights are global, keep them outside data plates."
+                )
+        theta = site["value"].detach().clone()
+        if not torch.isfinite(theta).all():
+            raise ValueError(f"the initial value of site {name!r} has NaN or inf entries")
+        event_dim = site["fn"].event_dim
+        deep_setattr(self.theta, name, PyroParam(theta, constraints.real, event_dim))
+        if self.noise == "additive":
+            log_sigma2 = torch.full_like(theta, self.init_log_sigma2)
+            deep_setattr(self.log_sigma2, name, PyroParam(log_sigma2, constraints.real, event_dim))
+        elif self.fixed_alpha is None:
+            per_weight = self.init_log_sigma2 - torch.log(theta.pow(2) + 1e-8)
+            shape = _alpha_param_shape(theta.shape, self.alpha_shape)
+            dims = [i for i, (a, b) in enumerate(zip(shape, theta.shape, strict=False)) if a != b]
+            log_alpha = per_weight.mean(dim=dims, keepdim=True) if dims else per_weight
+            log_alpha = log_alpha.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
+            deep_setattr(self.log_alpha_param, name, PyroParam(log_alpha, constraints.real))
+        self._sites.append(
+            _Site(name, frames, event_dim, True, bool(site["infer"].get(LRT_FLAG)), None)
+        )
+
+    def _setup_normal_site(self, name, site, frames):
+        transform = biject_to(site["fn"].support)
+        with helpful_support_errors(site):
+            init_loc = transform.inv(site["value"].detach()).detach()
+        event_dim = site["fn"].event_dim + init_loc.dim() - site["value"].dim()
+        for frame in frames:
+            full_size = frame.full_size or frame.size
+            if full_size != frame.size:
+                init_loc = pyro.ops.tensor_utils.periodic_repeat(
+                    init_loc, full_size, frame.dim - event_dim
+                ).contiguous()
+        init_scale = torch.full_like(init_loc, self._init_scale)
+        deep_setattr(self.locs, name, PyroParam(init_loc, constraints.real, event_dim))
+        deep_setattr(self.scales, name, PyroParam(init_scale, self.scale_constraint, event_dim))
+        support = site["fn"].support
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        is_identity = support is constraints.real
+        self._sites.append(
+            _Site(name, frames, event_dim, False, False, None if is_identity else transform)
+        )
+
+    # ---------------------------------------------------------- distributions
+    def _log_alpha_and_scale(self, name):
+        """``(theta, log_alpha, scale)`` of a dropout site, as the noise mode defines them."""
+        theta = attrgetter(name)(self.theta)
+        if self.noise == "additive":
+            log_sigma2 = attrgetter(name)(self.log_sigma2)
+            log_alpha = vdkl.log_alpha_from_sigma2(theta, log_sigma2)
+            return theta, log_alpha, torch.exp(0.5 * log_sigma2)
+        if self.fixed_alpha is None:
+            raw = attrgetter(name)(self.log_alpha_param)
+            log_alpha = raw.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
+        else:
+            log_alpha = theta.new_full((1,) * theta.dim(), math.log(self.fixed_alpha))
+        return theta, log_alpha, torch.exp(0.5 * log_alpha) * theta.abs()
+
+    def get_posterior(self, name: str):
+        """The guide's distribution at site ``name`` (without ``.to_event``)."""
+        site = self._site(name)
+        if site.variational_dropout:
+            theta, log_alpha, scale = self._log_alpha_and_scale(name)
+            return DropoutNormal(theta, scale, log_alpha, self.kl_approximation)
+        loc = attrgetter(name)(self.locs)
+        return dist.Normal(loc, attrgetter(name)(self.scales))
+
+    def _site(self, name: str) -> _Site:
+        for site in self._sites:
+            if site.name == name:
+                return site
+        raise KeyError(f"no latent site named {name!r} in the guide")
+
+    def forward(self, *args, **kwargs):
+        """Sample every latent site (deferring LRT weight sites under ``local_reparam``).
+
+        :return: a dict from site name to value.
+        """
+        if self.prototype_trace is None:
+            self._setup_prototype(*args, **kwargs)
+        plates = self._create_plates(*args, **kwargs)
+        result = {}
+        for site in self._sites:
+            with ExitStack() as stack:
+                for frame in site.frames:
+                    stack.enter_context(plates[frame.name])
+                fn = self.get_posterior(site.name)
+                if site.variational_dropout:
+                    infer = {LRT_FLAG: True} if site.local_reparam else {}
+                    fn = fn.to_event(site.event_dim)
+                else:
+                    fn = fn.to_event(site.event_dim)
+                    if site.transform is not None:
+                        fn = dist.TransformedDistribution(fn, [site.transform.with_cache()])
+                    infer = {}
+                result[site.name] = pyro.sample(site.name, fn, infer=infer)
+        return result
+
+    # -------------------------------------------------------------- summaries
+    def _require_setup(self):
+        if self.prototype_trace is None:
+            raise RuntimeError(
+                "the guide has no parameters yet: call it once with the model's arguments "
+                "(svi.step(...) does) before asking for its summaries."
+            )
+
+    @property
+    def dropout_sites(self) -> list[str]:
+        """Names of the sites with a log-uniform prior, in model order."""
+        self._require_setup()
+        return [s.name for s in self._sites if s.variational_dropout]
+
+    @torch.no_grad()
+    def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Posterior median of each latent site (``theta`` for dropout sites)."""
+        self._require_setup()
+        out = {}
+        for site in self._sites:
+            if site.variational_dropout:
+                out[site.name] = attrgetter(site.name)(self.theta).detach().clone()
+            else:
+                loc = attrgetter(site.name)(self.locs).detach()
+                out[site.name] = loc.clone() if site.transform is None else site.transform(loc)
+        return out
+
+    @torch.no_grad()
+    def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """Posterior quantiles of each latent site, stacked along a new leading dim."""
+        self._require_setup()
+        out = {}
+        for site in self._sites:
+            fn = self.get_posterior(site.name)
+            q = torch.as_tensor(quantiles, dtype=fn.loc.dtype).reshape((-1,) + (1,) * fn.loc.dim())
+            values = dist.Normal(fn.loc, fn.scale).icdf(q)
+            out[site.name] = values if site.transform is None else site.transform(values)
+        return out
+
+    @torch.no_grad()
+    def log_alpha(self) -> dict[str, torch.Tensor]:
+        """``log alpha`` of every dropout site, broadcast to the weight's shape."""
+        self._require_setup()
+        out = {}
+        for name in self.dropout_sites:
+            theta, log_alpha, _ = self._log_alpha_and_scale(name)
+            out[name] = log_alpha.detach().expand(theta.shape).clone()
+        return out
+
+    @torch.no_grad()
+    def mask(self, threshold: float = vdkl.DEFAULT_THRESHOLD) -> dict[str, torch.Tensor]:
+        """Boolean masks of the kept weights, ``log_alpha < threshold`` [2]."""
+        threshold = vdkl.check_threshold(threshold)
+        return {k: vdkl.keep_mask(v, threshold) for k, v in self.log_alpha().items()}
+
+    @torch.no_grad()
+    def pruned_median(self, threshold: float = vdkl.DEFAULT_THRESHOLD) -> dict[str, torch.Tensor]:
+        """:meth:`median` with pruned weights set to zero: the sparse deterministic network."""
+        values = self.median()
+        for name, keep in self.mask(threshold).items():
+            values[name] = values[name] * keep
+        return values

@@ -1,0 +1,76 @@
+"""Effectful linear and convolution primitives, and the local reparameterization maths.
+
+Layers converted by :func:`~vdppl.pyro.bayesianize` call :func:`linear` and :func:`conv`
+instead of ``torch.nn.functional``. Outside any handler they are exactly
+``F.linear`` / ``F.conv{1,2,3}d``. Under :class:`~vdppl.pyro.local_reparam` they sample
+the pre-activations instead of the weights (Kingma et al. 2015, section 2.3)::
+
+    mean = x @ mu.T + b                      # F.linear(x, mu, b)
+    var  = x**2 @ sigma2.T                   # F.linear(x**2, sigma2)
+    out  = mean + sqrt(var + 1e-8) * eps,    eps ~ N(0, 1) per example and unit
+
+and the same with ``conv`` in place of the matrix product (same stride, padding, dilation
+and groups). The ``1e-8`` keeps the gradient of the square root finite where a variance is
+exactly zero; it adds a variance of ``1e-8`` to each pre-activation.
+
+[1] Kingma, Salimans, Welling (2015) "Variational Dropout and the Local
+    Reparameterization Trick", arXiv:1506.02557.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pyro.poutine.runtime import effectful
+
+__all__ = ["LRT_EPS", "conv", "linear", "lrt_conv", "lrt_linear"]
+
+LRT_EPS = 1e-8
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _conv_fn(weight: torch.Tensor):
+    n = weight.dim() - 2
+    if n not in _CONV:
+        raise ValueError(
+            f"conv expects a weight of shape (out, in/groups, *kernel) with 1 to 3 spatial "
+            f"dims; got shape {tuple(weight.shape)}"
+        )
+    return _CONV[n]
+
+
+def _linear(x, weight, bias=None):
+    return F.linear(x, weight, bias)
+
+
+def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return _conv_fn(weight)(x, weight, bias, stride, padding, dilation, groups)
+
+
+#: ``linear(x, weight, bias=None, *, name=site)``: ``F.linear`` that handlers may override.
+linear = effectful(_linear, type="vdppl_linear")
+#: ``conv(x, weight, bias=None, stride, padding, dilation, groups, *, name=site)``.
+conv = effectful(_conv, type="vdppl_conv")
+
+
+def _noise(mean, var):
+    return mean + torch.sqrt(var + LRT_EPS) * torch.randn_like(mean)
+
+
+def lrt_linear(x, loc, var, bias=None):
+    """One LRT sample of ``x @ W.T + b`` for ``W ~ N(loc, var)`` factorized::
+
+    F.linear(x, loc, bias) + sqrt(F.linear(x**2, var) + 1e-8) * eps
+    """
+    return _noise(F.linear(x, loc, bias), F.linear(x * x, var))
+
+
+def lrt_conv(x, loc, var, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """One LRT sample of ``conv(x, W) + b`` for ``W ~ N(loc, var)`` factorized::
+
+    conv(x, loc, bias) + sqrt(conv(x**2, var) + 1e-8) * eps
+    """
+    fn = _conv_fn(loc)
+    mean = fn(x, loc, bias, stride, padding, dilation, groups)
+    return _noise(mean, fn(x * x, var, None, stride, padding, dilation, groups))
