@@ -4,7 +4,8 @@ A converted layer samples its weight from the prior at a site named like the mod
 parameter (``"0.weight"`` for ``nn.Sequential``'s first layer) and applies it through the
 effectful primitives of :mod:`vdppl.pyro.ops`, so :class:`~vdppl.pyro.local_reparam`
 can replace the weight sample by a sample of the pre-activations. Biases stay
-``nn.Parameter``: SVI fits them as point estimates, as the sparse VD paper does.
+point estimates (:class:`~pyro.nn.PyroParam`, read from Pyro's param store), fitted by SVI
+as the sparse VD paper does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import copy
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
-from pyro.nn import PyroModule
+from pyro.distributions import constraints
+from pyro.nn import PyroModule, PyroParam
 from pyro.nn.module import to_pyro_module_
 from torch import nn
 
@@ -79,7 +81,7 @@ class _BayesLayer(PyroModule):
         _check_prior(prior)
         self.prior = prior
         self.register_buffer("weight_init", weight.detach().clone())
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.bias = None if bias is None else PyroParam(bias.detach().clone(), constraints.real)
 
     def sample_weight(self) -> tuple[torch.Tensor, str]:
         """Sample the weight site (its value under a guide) and return it with its name."""
@@ -231,6 +233,31 @@ def _convert(module: nn.Module, prior, unsupported: str, path: str) -> int:
     return count
 
 
+def _parameters_to_pyro_params(net: PyroModule) -> None:
+    """Turn every ``nn.Parameter`` into a :class:`~pyro.nn.PyroParam`.
+
+    A PyroParam reads its value from Pyro's param store whenever the module runs, so
+    parameters restored by :func:`vdppl.pyro.load` (or set with ``pyro.param``) are the
+    ones the network uses; a plain ``nn.Parameter`` would keep its own stale tensor.
+    """
+    for module in net.modules():
+        for name, value in list(module._parameters.items()):
+            if value is None or name.endswith("_unconstrained"):
+                continue
+            delattr(module, name)
+            setattr(module, name, PyroParam(value.detach().clone(), constraints.real))
+
+
+def point_estimate(module: PyroModule, name: str) -> torch.Tensor | None:
+    """Current value of a module's parameter ``name``: the param store's if it has one."""
+    store = pyro.get_param_store()
+    fullname = module._pyro_get_fullname(name)
+    if fullname in store:
+        return store[fullname].detach()
+    value = getattr(module, name)
+    return None if value is None else value.detach()
+
+
 def bayesianize(module: nn.Module, prior=None, *, unsupported: str = "error") -> PyroModule:
     """A copy of ``module`` whose Linear and Conv weights are Pyro sample sites.
 
@@ -263,6 +290,7 @@ def bayesianize(module: nn.Module, prior=None, *, unsupported: str = "error") ->
                 "bayesianize to put a prior on."
             )
     to_pyro_module_(net)
+    _parameters_to_pyro_params(net)
     # The plain architecture, kept out of the module tree, for vdppl.pyro.compress.
     object.__setattr__(net, "_vdppl_template", template)
     return net

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from vdppl import kl as vdkl
-from vdppl.pyro.nn import _BayesLayer
+from vdppl.pyro.nn import _BayesLayer, point_estimate
 from vdppl.sparsity import SparsityReport, report_from_masks
 
 __all__ = ["SparsityReport", "compress", "sparsity_report"]
@@ -62,17 +62,18 @@ def sparsity_report(guide, threshold: float = vdkl.DEFAULT_THRESHOLD) -> Sparsit
 
 
 def _copy_point_estimates(module: nn.Module, plain: nn.Module) -> None:
-    """Copy every non-Bayesian parameter and buffer (trained values) into ``plain``."""
+    """Copy every non-Bayesian parameter and buffer (fitted values) into ``plain``."""
     for path, sub in module.named_modules():
         if isinstance(sub, _BayesLayer):
             continue
         target = plain.get_submodule(path)
-        for name, _ in list(sub.named_parameters(recurse=False)) + list(
-            sub.named_buffers(recurse=False)
-        ):
-            value = getattr(sub, name)
+        names = list(getattr(sub, "_pyro_params", {})) + [
+            n for n, _ in sub.named_buffers(recurse=False)
+        ]
+        for name in names:
+            value = point_estimate(sub, name)
             if value is not None:
-                getattr(target, name).data.copy_(value.detach())
+                getattr(target, name).data.copy_(value)
 
 
 def _fill_layers(module: nn.Module, plain: nn.Module, weights: dict) -> None:
@@ -81,8 +82,8 @@ def _fill_layers(module: nn.Module, plain: nn.Module, weights: dict) -> None:
             continue
         target = plain.get_submodule(path)
         target.weight.data.copy_(weights[layer._pyro_get_fullname("weight")])
-        if layer.bias is not None:
-            target.bias.data.copy_(layer.bias.detach())
+        if target.bias is not None:
+            target.bias.data.copy_(point_estimate(layer, "bias"))
 
 
 def compress(module: nn.Module, guide, threshold: float = vdkl.DEFAULT_THRESHOLD) -> nn.Module:
