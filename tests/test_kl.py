@@ -22,7 +22,10 @@ C = -(np.euler_gamma + math.log(2.0)) / 2
 def expected_log_abs(log_alpha):
     """E log|1 + sigma z|, z ~ N(0, 1), sigma^2 = alpha, split at the log singularity."""
     s = math.exp(0.5 * log_alpha)
-    f = lambda z: math.log(abs(1.0 + s * z)) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+    def f(z):
+        return math.log(abs(1.0 + s * z)) * math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
     left, _ = integrate.quad(f, -np.inf, -1.0 / s, limit=200)
     right, _ = integrate.quad(f, -1.0 / s, np.inf, limit=200)
     return left + right
@@ -66,6 +69,13 @@ def test_kingma_constant_is_the_minimax_offset():
     diff = EXACT[GRID <= 0] - (vdkl.neg_kl_kingma(grid) - vdkl.KINGMA_CONST)
     assert abs((diff.max() + diff.min()) / 2 - vdkl.KINGMA_CONST) < 1e-3
     assert np.abs(vdkl.neg_kl_kingma(grid) - EXACT[GRID <= 0]).max() < 0.03
+
+
+def test_molchanov_matches_the_papers_form():
+    # the implementation's rearranged form against eq. (14) of [2] written literally
+    k1, k2, k3 = 0.63576, 1.87320, 1.48695
+    paper = k1 / (1 + np.exp(-(k2 + k3 * GRID))) - 0.5 * np.log1p(np.exp(-GRID)) - k1
+    np.testing.assert_allclose(vdkl.neg_kl_molchanov(GRID), paper, atol=1e-12)
 
 
 def test_kl_is_positive_and_decreasing_in_alpha():

@@ -115,11 +115,9 @@ def neg_kl_molchanov(log_alpha):
         -KL ≈ k1 * sigmoid(k2 + k3 * log_alpha) - 0.5 * log1p(1 / alpha) - k1
 
     with ``k1, k2, k3 = 0.63576, 1.87320, 1.48695``; its error is below 0.01 nats.
-    ``log1p(1/alpha)`` is computed as ``softplus(-log_alpha)`` so that the value and its
-    gradient stay finite for any finite ``log_alpha``.
+    Computed as ``-kl_molchanov(log_alpha)``.
     """
-    ops = _ops(log_alpha)
-    return K1 * ops.sigmoid(K2 + K3 * log_alpha) - 0.5 * ops.softplus(-log_alpha) - K1
+    return -kl_molchanov(log_alpha)
 
 
 def neg_kl_kingma(log_alpha):
@@ -137,8 +135,17 @@ def neg_kl_kingma(log_alpha):
 
 
 def kl_molchanov(log_alpha):
-    """``KL(q || log-uniform)`` per weight by [2]'s approximation (``-neg_kl_molchanov``)."""
-    return -neg_kl_molchanov(log_alpha)
+    """``KL(q || log-uniform)`` per weight by [2]'s approximation, ``-neg_kl_molchanov``.
+
+    Uses ``k1 - k1 * sigmoid(z) = k1 * sigmoid(-z)`` and ``log1p(1 / alpha) =
+    softplus(-log_alpha)``, so that it costs few elementwise operations (it runs on every
+    weight at every step) and stays finite, with finite gradients, for any finite
+    ``log_alpha``::
+
+        KL ≈ k1 * sigmoid(-k2 - k3 * log_alpha) + 0.5 * softplus(-log_alpha)
+    """
+    ops = _ops(log_alpha)
+    return K1 * ops.sigmoid(-K2 - K3 * log_alpha) + 0.5 * ops.softplus(-log_alpha)
 
 
 def kl_kingma(log_alpha):

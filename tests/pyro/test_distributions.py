@@ -33,9 +33,20 @@ def test_sample_raises_a_clear_error():
 @pytest.mark.parametrize("approximation", ["molchanov", "kingma"])
 def test_kl_of_dropout_normal_uses_its_approximation(approximation):
     log_alpha = torch.linspace(-6, 0, 7)
-    q = vd.DropoutNormal(torch.ones(7), log_alpha.mul(0.5).exp(), log_alpha, approximation)
+    q = vd.DropoutNormal(torch.ones(7), log_alpha.exp(), log_alpha, approximation)
     kl = kl_divergence(q, vd.LogUniform().expand([7]))
     assert_close(kl, vdkl.kl_log_uniform(log_alpha, approximation))
+
+
+def test_dropout_normal_is_the_normal_with_that_variance():
+    loc, var = torch.tensor([1.0, -2.0]), torch.tensor([0.25, 4.0])
+    q = vd.DropoutNormal(loc, var, torch.log(var / loc**2))
+    w = torch.tensor([0.3, 1.0])
+    assert_close(q.log_prob(w), dist.Normal(loc, var.sqrt()).log_prob(w))
+    assert_close(q.scale, var.sqrt())
+    assert q.expand([3, 2]).sample().shape == (3, 2)
+    zero = vd.DropoutNormal(torch.zeros(2), torch.zeros(2), torch.zeros(2), validate_args=True)
+    assert_close(zero.variance, torch.zeros(2))  # theta = 0 in multiplicative mode is valid
 
 
 def test_kl_of_plain_normal_uses_molchanov_and_independent_sums():

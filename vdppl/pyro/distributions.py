@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 from pyro.distributions import Normal, TorchDistribution
 from torch.distributions import constraints, register_kl
+from torch.distributions.utils import lazy_property
 
 from vdppl import kl as vdkl
 
@@ -76,7 +77,9 @@ class LogUniform(TorchDistribution):
             "sampled. Give its sites initial values instead: build the network with "
             "vdppl.pyro.bayesianize (which records the module's weights) or pass "
             "init_loc_fn=pyro.infer.autoguide.init_to_value(values={...}) to the guide. "
-            "Predictive needs a guide: Predictive(model, guide=guide, ...)."
+            "pyro.infer.Predictive runs the model once without the guide to guess its "
+            "plates: give it the guide's model, Predictive(guide.model, guide=guide, ...), "
+            "or use vdppl.pyro.predict."
         )
 
     def rsample(self, sample_shape=torch.Size()):
@@ -84,24 +87,45 @@ class LogUniform(TorchDistribution):
 
 
 class DropoutNormal(Normal):
-    """``Normal(loc, scale)`` that also knows its dropout rate ``log_alpha``.
+    """``Normal(loc, sqrt(variance))`` that also knows its dropout rate ``log_alpha``.
 
     Emitted by :class:`~vdppl.pyro.AutoVariationalDropout`. ``log_alpha`` is the rate the
     guide parameterizes (clipped as the noise mode requires); ``approximation`` names the
     KL approximation that holds for it (``"molchanov"`` for unbounded alpha,
-    ``"kingma"`` for ``alpha <= 1``). Sampling and ``log_prob`` are those of the Normal.
+    ``"kingma"`` for ``alpha <= 1``). It is built from the variance, which the local
+    reparameterization uses directly (``x**2 @ variance``); ``scale`` is computed only
+    when something samples or scores weights.
     """
 
-    def __init__(self, loc, scale, log_alpha, approximation="molchanov", validate_args=None):
-        super().__init__(loc, scale, validate_args=validate_args)
-        self.log_alpha = log_alpha.expand(self.batch_shape)
+    arg_constraints: ClassVar[dict] = {
+        "loc": constraints.real,
+        "variance": constraints.nonnegative,
+    }
+
+    def __init__(self, loc, variance, log_alpha, approximation="molchanov", validate_args=None):
+        self.loc, self._variance = loc, variance
+        self.log_alpha = log_alpha
         self.approximation = approximation
+        batch_shape = torch.broadcast_shapes(loc.shape, variance.shape, log_alpha.shape)
+        TorchDistribution.__init__(self, batch_shape, validate_args=validate_args)
+
+    @property
+    def variance(self):
+        return self._variance.expand(self.batch_shape)
+
+    @lazy_property
+    def scale(self):
+        return self._variance.sqrt().expand(self.batch_shape)
+
+    @property
+    def stddev(self):
+        return self.scale
 
     def expand(self, batch_shape, _instance=None):
         batch_shape = torch.Size(batch_shape)
         return DropoutNormal(
             self.loc.expand(batch_shape),
-            self.scale.expand(batch_shape),
+            self._variance.expand(batch_shape),
             self.log_alpha.expand(batch_shape),
             self.approximation,
             validate_args=False,

@@ -257,26 +257,26 @@ class AutoVariationalDropout(AutoGuide):
         )
 
     # ---------------------------------------------------------- distributions
-    def _log_alpha_and_scale(self, name):
-        """``(theta, log_alpha, scale)`` of a dropout site, as the noise mode defines them."""
+    def _log_alpha_and_variance(self, name):
+        """``(theta, log_alpha, sigma^2)`` of a dropout site, as the noise mode defines them."""
         theta = attrgetter(name)(self.theta)
         if self.noise == "additive":
             log_sigma2 = attrgetter(name)(self.log_sigma2)
             log_alpha = vdkl.log_alpha_from_sigma2(theta, log_sigma2)
-            return theta, log_alpha, torch.exp(0.5 * log_sigma2)
+            return theta, log_alpha, torch.exp(log_sigma2)
         if self.fixed_alpha is None:
             raw = attrgetter(name)(self.log_alpha_param)
             log_alpha = raw.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
         else:
             log_alpha = theta.new_full((1,) * theta.dim(), math.log(self.fixed_alpha))
-        return theta, log_alpha, torch.exp(0.5 * log_alpha) * theta.abs()
+        return theta, log_alpha, torch.exp(log_alpha) * theta * theta
 
     def get_posterior(self, name: str):
         """The guide's distribution at site ``name`` (without ``.to_event``)."""
         site = self._site(name)
         if site.variational_dropout:
-            theta, log_alpha, scale = self._log_alpha_and_scale(name)
-            return DropoutNormal(theta, scale, log_alpha, self.kl_approximation)
+            theta, log_alpha, variance = self._log_alpha_and_variance(name)
+            return DropoutNormal(theta, variance, log_alpha, self.kl_approximation)
         loc = attrgetter(name)(self.locs)
         return dist.Normal(loc, attrgetter(name)(self.scales))
 
@@ -356,7 +356,7 @@ class AutoVariationalDropout(AutoGuide):
         self._require_setup()
         out = {}
         for name in self.dropout_sites:
-            theta, log_alpha, _ = self._log_alpha_and_scale(name)
+            theta, log_alpha, _ = self._log_alpha_and_variance(name)
             out[name] = log_alpha.detach().expand(theta.shape).clone()
         return out
 

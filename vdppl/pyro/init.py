@@ -20,7 +20,8 @@ def init_to_module(site=None, fallback=init_to_feasible):
     in ``site["infer"]["vdppl_init"]``, so a guide starts from the network's own
     initialisation or from a pretrained network. A :class:`~vdppl.pyro.LogUniform` site
     without such a value is an error (the prior is improper and cannot be sampled); any
-    other site uses ``fallback`` (``init_to_feasible``, as ``AutoNormal`` does).
+    other continuous site uses ``fallback`` (``init_to_feasible``, as ``AutoNormal`` does)
+    and a discrete one is sampled from its distribution.
 
     Use it like Pyro's strategies: ``AutoNormal(model, init_loc_fn=init_to_module)``.
     """
@@ -36,4 +37,8 @@ def init_to_module(site=None, fallback=init_to_feasible):
             f"infer={{'{INIT_KEY}': tensor}} to its pyro.sample, or give the guide "
             "init_loc_fn=pyro.infer.autoguide.init_to_value(values={...})."
         )
+    if site["fn"].support.is_discrete:
+        # Not a guide's business (autoguides refuse discrete sites with their own message),
+        # but lets pyro.infer.Predictive(guide.model, ...) sample unobserved labels.
+        return site["fn"]()
     return fallback(site)

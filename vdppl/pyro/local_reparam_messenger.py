@@ -63,7 +63,9 @@ class LocalReparamMessenger(Messenger):
                 f"local_reparam deferred the weight site(s) {names} but the model never "
                 "passed them to vdppl.pyro.ops.linear/conv (with name=<site>). Under the "
                 "handler such a weight holds its posterior mean, not a sample. Call the "
-                "primitive with the site's value, or drop infer={'local_reparam': True}."
+                "primitive with the site's value, or drop infer={'local_reparam': True}. "
+                "(pyro.infer.Predictive runs the guide apart from the model, which local "
+                "reparameterization cannot follow: use vdppl.pyro.predict(..., mode='lrt').)"
             )
         return result
 
@@ -88,8 +90,10 @@ class LocalReparamMessenger(Messenger):
         if weight is not base.loc:
             raise RuntimeError(
                 f"the weight passed to vdppl.pyro.ops for site {name!r} is not the value of "
-                "that sample site (was it transformed after pyro.sample?). local_reparam "
-                "needs the site's value itself."
+                "that sample site in the latest guide run. Either it was transformed after "
+                "pyro.sample (local_reparam needs the site's value itself), or the guide ran "
+                "apart from the model, as in pyro.infer.Predictive, which draws all guide "
+                "samples first: for LRT predictions use vdppl.pyro.predict(..., mode='lrt')."
             )
         if base.loc.dim() != weight_dims:
             raise RuntimeError(

@@ -14,8 +14,8 @@ import copy
 
 import pyro
 import torch
-from pyro.infer.util import is_validation_enabled
 from pyro.distributions import constraints
+from pyro.infer.util import is_validation_enabled
 from pyro.nn import PyroModule, PyroParam
 from pyro.nn.module import to_pyro_module_
 from torch import nn
