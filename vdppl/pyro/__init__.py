@@ -12,6 +12,7 @@ require("torch", "pyro")
 require("pyro", "pyro")
 
 from vdppl.pyro.checkpoint import load, save  # noqa: E402
+from vdppl.pyro.diagnostics import to_inference_data  # noqa: E402
 from vdppl.pyro.distributions import DropoutNormal, LogUniform  # noqa: E402
 from vdppl.pyro.elbo import LocalReparamELBO  # noqa: E402
 from vdppl.pyro.guide import AutoVariationalDropout  # noqa: E402
@@ -44,4 +45,5 @@ __all__ = [
     "predict",
     "save",
     "sparsity_report",
+    "to_inference_data",
 ]
