@@ -15,6 +15,7 @@ from vdppl.pyro.checkpoint import load, save  # noqa: E402
 from vdppl.pyro.diagnostics import to_inference_data  # noqa: E402
 from vdppl.pyro.distributions import DropoutNormal, LogUniform  # noqa: E402
 from vdppl.pyro.elbo import LocalReparamELBO  # noqa: E402
+from vdppl.pyro.gradreg import GradientRegularizedELBO, variance_lr  # noqa: E402
 from vdppl.pyro.guide import AutoVariationalDropout  # noqa: E402
 from vdppl.pyro.init import init_to_module  # noqa: E402
 from vdppl.pyro.kl_weight_messenger import KLWeightMessenger, kl_weight  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "BayesConv",
     "BayesLinear",
     "DropoutNormal",
+    "GradientRegularizedELBO",
     "KLWeightMessenger",
     "LocalReparamELBO",
     "LocalReparamMessenger",
@@ -46,4 +48,5 @@ __all__ = [
     "save",
     "sparsity_report",
     "to_inference_data",
+    "variance_lr",
 ]

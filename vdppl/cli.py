@@ -1,0 +1,394 @@
+"""The ``vdppl`` command: ``train``, ``evaluate``, ``report``.
+
+``vdppl train`` with no arguments fits sparse variational dropout to scikit-learn's
+digits with Pyro (offline, well under a minute) and prints where the report is.
+Exit codes: 0 success, 1 a runtime error (message on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from vdppl import runs
+from vdppl.runs import Config
+
+__all__ = ["main"]
+
+
+class UsageError(Exception):
+    """Bad options: exit code 2."""
+
+
+def _trainer_class(backend: str):
+    module = {"pyro": "vdppl.pyro.train", "numpyro": "vdppl.numpyro.train"}[backend]
+    try:
+        return importlib.import_module(module).Trainer
+    except ImportError as err:
+        raise UsageError(
+            f"--backend {backend} needs its extra: pip install 'vdppl[{backend}]' ({err})"
+        ) from err
+
+
+def _load_dataset(config: Config, name: str | None = None):
+    from vdppl import data
+
+    name = name or config.dataset
+    if name not in data.DATASETS:
+        raise UsageError(
+            f"unknown dataset {name!r}; choose one of {', '.join(sorted(data.DATASETS))}"
+        )
+    ds = data.load(name, root=config.data_root, seed=config.seed)
+    return _limited(ds, config.limit_train, config.limit_test)
+
+
+def _limited(ds, n_train: int | None, n_test: int | None):
+    """The first ``n_train`` / ``n_test`` examples (for quick runs and tests)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        ds,
+        x_train=ds.x_train[:n_train],
+        y_train=ds.y_train[:n_train],
+        x_test=ds.x_test[:n_test],
+        y_test=ds.y_test[:n_test],
+    )
+
+
+def _versions(backend: str) -> dict[str, str]:
+    from vdppl.diagnostics.inference_data import library_versions
+
+    extra = ("torch", "pyro-ppl") if backend == "pyro" else ("jax", "numpyro", "flax")
+    return library_versions(*extra)
+
+
+# --------------------------------------------------------------------- train
+def _config_from_args(args) -> Config:
+    from vdppl.models import ARCHITECTURES
+
+    if args.arch not in ARCHITECTURES:
+        raise UsageError(
+            f"unknown architecture {args.arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
+    config = Config(
+        backend=args.backend,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        arch=args.arch,
+        hidden=list(args.hidden),
+        method=args.method,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        lr_schedule=args.lr_schedule,
+        variance_lr=args.variance_lr,
+        warmup=args.warmup if args.warmup is not None else args.epochs // 2,
+        threshold=args.threshold,
+        seed=args.seed,
+        init_log_sigma2=args.init_log_sigma2,
+        dropout_p=args.dropout_p,
+        map_prior_scale=args.map_prior_scale,
+        obs_noise=args.obs_noise,
+        eval_samples=args.eval_samples,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        pretrained=args.pretrained,
+    )
+    try:
+        return config.validate()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def train(args) -> int:
+    if args.resume:
+        out = Path(args.resume)
+        config = Config.from_dict(runs.read_json(out / runs.CONFIG))
+        if args.epochs_given:
+            config.epochs = args.epochs
+    else:
+        config = _config_from_args(args)
+        out = runs.prepare_run_dir(args.out or _default_out(config), force=args.force)
+        config.versions = _versions(config.backend)
+        runs.write_json(out / runs.CONFIG, config.to_dict())
+    dataset = _load_dataset(config)
+    trainer = _trainer_class(config.backend)(config, dataset)
+    history, start = [], 0
+    if args.resume:
+        extra = trainer.load(out / runs.CHECKPOINT)
+        history, start = extra["history"], extra["epoch"]
+        runs.write_json(out / runs.CONFIG, config.to_dict())
+    _fit(trainer, config, dataset, out, history, start, quiet=args.quiet)
+    metrics = evaluate_run(trainer, config, dataset, out, history, quiet=args.quiet)
+    from vdppl.report import build_report
+
+    report = build_report(out)
+    if not args.quiet:
+        print(_summary(metrics))
+    print(f"report: {report}")
+    return 0
+
+
+def _default_out(config: Config) -> Path:
+    """``runs/<dataset>-<arch>-<method>-<backend>``, numbered so no run is overwritten."""
+    base = Path("runs") / f"{config.dataset}-{config.arch}-{config.method}-{config.backend}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _fit(trainer, config, dataset, out, history, start, quiet):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        range(start, config.epochs),
+        initial=start,
+        total=config.epochs,
+        disable=quiet,
+        desc="train",
+        unit="epoch",
+    )
+    for epoch in bar:
+        row = trainer.epoch(epoch)
+        outputs = trainer.pruned_outputs(dataset.x_test)
+        row["epoch"] = epoch + 1
+        row["compression"] = trainer.sparsity().compression
+        if dataset.task == "classification":
+            row["test_accuracy"] = float(np.mean(outputs.argmax(-1) == dataset.y_test))
+        else:
+            row["test_rmse"] = float(
+                np.sqrt(np.mean((outputs - dataset.y_test) ** 2)) * dataset.y_std
+            )
+        history.append(row)
+        trainer.save(out / runs.CHECKPOINT, epoch=epoch + 1, history=history)
+        runs.write_history(out / runs.HISTORY, history)
+        score = row.get("test_accuracy", row.get("test_rmse"))
+        bar.set_postfix(
+            elbo=f"{-row['loss']:.3f}",
+            data=f"{row['data']:.3f}",
+            kl=f"{row['kl']:.3f}",
+            test=f"{score:.3f}",
+            x=f"{row['compression']:.1f}",
+        )
+
+
+def evaluate_run(trainer, config, dataset, out, history, quiet=True) -> dict:
+    """Final metrics, InferenceData and plots of a trained run."""
+    from vdppl.diagnostics import loo, metrics
+
+    report = trainer.sparsity()
+    outputs = trainer.pruned_outputs(dataset.x_test)
+    train_seconds = sum(row["seconds"] for row in history)
+    result = {
+        "compression": report.compression,
+        "kept_weights": report.kept,
+        "total_weights": report.total,
+        "layers": report.to_dict()["layers"],
+        "train_seconds": train_seconds,
+        "examples_per_second": len(dataset.x_train) * len(history) / max(train_seconds, 1e-9),
+        "epochs": len(history),
+        "dataset": config.dataset,
+        "image_shape": list(dataset.image_shape) if dataset.image_shape else None,
+    }
+    idata = None
+    if config.method != "map":
+        include_x = dataset.x_test.size <= 2_000_000
+        idata = trainer.inference_data(
+            dataset.x_test,
+            dataset.y_test,
+            config.eval_samples,
+            include_x=include_x,
+            progress=not quiet,
+        )
+        idata.to_netcdf(out / runs.IDATA)
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            elpd = loo.elpd_loo(idata)
+        result["elpd_loo"] = elpd["elpd_loo"]
+        result["elpd_loo_se"] = elpd["se"]
+        result["pareto_k_share_above_0.7"] = elpd["pareto_k_share_above_0.7"]
+        result["loo_warning"] = "; ".join(str(w.message) for w in caught) or None
+    if dataset.task == "classification":
+        probs = (
+            _softmax(idata.posterior_predictive["logits"].values[0])
+            if idata is not None
+            else _softmax(outputs)[None]
+        )
+        result.update(metrics.classification_metrics(probs, dataset.y_test))
+        result["test_error_predictive"] = 1.0 - result.pop("accuracy")
+        result["test_error"] = float(np.mean(outputs.argmax(-1) != dataset.y_test))
+    else:
+        draws = _regression_draws(idata, outputs)
+        scaled = metrics.regression_metrics(draws * dataset.y_std, dataset.y_test * dataset.y_std)
+        result.update(scaled)
+    runs.write_json(out / runs.METRICS, result)
+    return result
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def _regression_draws(idata, outputs):
+    if idata is None:
+        return outputs[None]
+    return idata.posterior_predictive["y"].values[0]
+
+
+def _summary(metrics: dict) -> str:
+    keys = (
+        "test_error",
+        "nll",
+        "ece",
+        "rmse",
+        "gaussian_nll",
+        "compression",
+        "elpd_loo",
+        "train_seconds",
+    )
+    parts = [f"{k}={metrics[k]:.4g}" for k in keys if isinstance(metrics.get(k), float)]
+    return "  ".join(parts)
+
+
+# ------------------------------------------------------------ evaluate/report
+def evaluate(args) -> int:
+    run = Path(args.run)
+    config = Config.from_dict(runs.read_json(run / runs.CONFIG))
+    if args.data_root:
+        config.data_root = args.data_root
+    dataset = _load_dataset(config)
+    trainer = _trainer_class(config.backend)(config, dataset)
+    extra = trainer.load(run / runs.CHECKPOINT)
+    from vdppl.diagnostics import metrics
+
+    draws = (
+        trainer.predictive_probs(dataset.x_test, config.eval_samples)
+        if dataset.task == "classification"
+        else None
+    )
+    result = {"run": str(run), "dataset": config.dataset, "epochs": extra["epoch"]}
+    if draws is not None:
+        result.update(metrics.classification_metrics(draws, dataset.y_test))
+    if args.dataset:
+        ood = _load_dataset(config, args.dataset)
+        if tuple(ood.input_shape) != tuple(dataset.input_shape):
+            raise UsageError(
+                f"--dataset {args.dataset} has inputs of shape {tuple(ood.input_shape)}, the run "
+                f"was trained on {tuple(dataset.input_shape)}; OOD detection needs the same shape"
+            )
+        in_dec = metrics.entropy_decomposition(draws)
+        out_dec = metrics.entropy_decomposition(
+            trainer.predictive_probs(ood.x_test, config.eval_samples)
+        )
+        result["ood_dataset"] = args.dataset
+        for key in in_dec:
+            result[f"ood_auroc_{key}"] = metrics.auroc(in_dec[key], out_dec[key])
+        np.savez(
+            run / f"ood-{args.dataset}.npz",
+            entropy_in=in_dec["total"],
+            entropy_out=out_dec["total"],
+        )
+    name = f"evaluation-{args.dataset}.json" if args.dataset else "evaluation.json"
+    runs.write_json(run / name, result)
+    for key, value in result.items():
+        print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
+    return 0
+
+
+def report(args) -> int:
+    from vdppl.report import build_report
+
+    print(f"report: {build_report(Path(args.run))}")
+    return 0
+
+
+# -------------------------------------------------------------------- parser
+def _parser() -> argparse.ArgumentParser:
+    from vdppl.runs import BACKENDS, METHODS
+
+    parser = argparse.ArgumentParser(prog="vdppl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,report}")
+    t = sub.add_parser("train", help="fit a model and write a run directory")
+    t.add_argument("--backend", default="pyro", choices=BACKENDS)
+    t.add_argument("--dataset", default="digits")
+    t.add_argument("--data-root", help="directory with the dataset's files (idx, CIFAR binary)")
+    t.add_argument("--arch", default="mlp", help="mlp, lenet300, lenet5, vgg-like")
+    t.add_argument("--hidden", type=int, nargs="+", default=[100, 100], help="mlp hidden sizes")
+    t.add_argument("--method", default="sparse-vd", choices=METHODS)
+    t.add_argument("--epochs", type=int, default=None, help="default 60")
+    t.add_argument("--batch-size", type=int, default=100)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument(
+        "--variance-lr", type=float, help="learning rate of the variance parameters (default: --lr)"
+    )
+    t.add_argument(
+        "--lr-schedule",
+        default="constant",
+        choices=("constant", "paper"),
+        help="paper: constant for half the epochs, then linear to 0",
+    )
+    t.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="epochs of linear KL warm-up from 0 to 1 (default: half the epochs)",
+    )
+    t.add_argument("--threshold", type=float, default=3.0, help="prune where log alpha >= this")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--init-log-sigma2", type=float, default=-10.0)
+    t.add_argument("--dropout-p", type=float, default=0.5, help="gaussian-dropout rate")
+    t.add_argument("--map-prior-scale", type=float, default=1.0)
+    t.add_argument("--obs-noise", default="learned", help="regression: 'learned' or a std")
+    t.add_argument("--eval-samples", type=int, default=100, help="posterior draws for metrics")
+    t.add_argument("--limit-train", type=int, help="use only the first N training examples")
+    t.add_argument("--limit-test", type=int, help="use only the first N test examples")
+    t.add_argument("--pretrained", metavar="RUN", help="start the means from a MAP run")
+    t.add_argument("--out", metavar="DIR", help="run directory (default runs/<dataset>-...)")
+    t.add_argument("--resume", metavar="DIR", help="continue a stopped run (--epochs extends it)")
+    t.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=train)
+    e = sub.add_parser("evaluate", help="predictive metrics, and OOD detection with --dataset")
+    e.add_argument("run")
+    e.add_argument("--dataset", help="an out-of-distribution dataset with the same input shape")
+    e.add_argument("--data-root")
+    e.set_defaults(func=evaluate)
+    r = sub.add_parser("report", help="rebuild report.html from a run directory alone")
+    r.add_argument("run")
+    r.set_defaults(func=report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["train"]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "train":
+        args.epochs_given = args.epochs is not None
+        args.epochs = 60 if args.epochs is None else args.epochs
+    try:
+        return args.func(args)
+    except UsageError as err:
+        parser.exit(2, f"vdppl: error: {err}\n")
+    except (FileExistsError, FileNotFoundError, ValueError, FloatingPointError) as err:
+        print(f"vdppl: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Run directories: what ``vdppl train`` writes and ``evaluate`` / ``report`` read.
+
+A run directory holds ``config.json`` (every setting, library versions, seed),
+``checkpoint`` (resumable; replaced atomically after every epoch), ``history.csv`` (one
+row per epoch), ``metrics.json``, ``idata.nc`` (ArviZ netCDF), ``report.html`` and the
+PNG plots. Nothing here imports a backend.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vdppl._io import atomic_write
+
+__all__ = [
+    "BACKENDS",
+    "CHECKPOINT",
+    "CONFIG",
+    "HISTORY",
+    "IDATA",
+    "METHODS",
+    "METRICS",
+    "REPORT",
+    "Config",
+    "kl_weight_at",
+    "lr_factor_at",
+    "prepare_run_dir",
+    "read_history",
+    "read_json",
+    "write_history",
+    "write_json",
+]
+
+CONFIG, CHECKPOINT, HISTORY = "config.json", "checkpoint", "history.csv"
+METRICS, IDATA, REPORT = "metrics.json", "idata.nc", "report.html"
+
+BACKENDS = ("pyro", "numpyro")
+#: sparse-vd: Molchanov et al. 2017; vd-a / vd-b: Kingma et al. 2015 (per input unit /
+#: per weight alpha <= 1); gaussian-dropout: alpha fixed at p / (1 - p); map: point
+#: estimates under a Normal prior; gradreg: Unlu & Aitchison 2020.
+METHODS = ("sparse-vd", "vd-a", "vd-b", "gaussian-dropout", "map", "gradreg")
+
+
+@dataclass
+class Config:
+    """Every setting of a training run (the CLI's options), saved as ``config.json``."""
+
+    backend: str = "pyro"
+    dataset: str = "digits"
+    data_root: str | None = None
+    arch: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [100, 100])
+    method: str = "sparse-vd"
+    epochs: int = 60
+    batch_size: int = 100
+    lr: float = 3e-3
+    lr_schedule: str = "constant"
+    variance_lr: float | None = None
+    warmup: int = 30
+    threshold: float = 3.0
+    seed: int = 0
+    init_log_sigma2: float = -10.0
+    dropout_p: float = 0.5
+    map_prior_scale: float = 1.0
+    obs_noise: str = "learned"
+    eval_samples: int = 100
+    limit_train: int | None = None
+    limit_test: int | None = None
+    pretrained: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> Config:
+        """Raise ``ValueError`` naming the option and its valid values."""
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"--backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}"
+            )
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.lr_schedule not in ("constant", "paper"):
+            raise ValueError(f"--lr-schedule must be constant or paper; got {self.lr_schedule!r}")
+        for name in ("epochs", "batch_size", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.warmup < 0:
+            raise ValueError("--warmup must be >= 0 (epochs of KL warm-up)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number; got {self.lr}")
+        if not 0 < self.dropout_p < 1:
+            raise ValueError(f"--dropout-p must be in (0, 1); got {self.dropout_p}")
+        if self.obs_noise != "learned":
+            try:
+                noise = float(self.obs_noise)
+            except ValueError:
+                noise = -1.0
+            if not (math.isfinite(noise) and noise > 0):
+                raise ValueError(
+                    f"--obs-noise must be 'learned' or a positive number; got {self.obs_noise!r}"
+                )
+        from vdppl.kl import check_threshold
+
+        check_threshold(self.threshold)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def kl_weight_at(epoch: int, warmup: int) -> float:
+    """Linear KL warm-up: ``min(1, epoch / warmup)`` (0 at the first epoch), 1 without."""
+    return 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
+
+
+def lr_factor_at(epoch: int, epochs: int, schedule: str) -> float:
+    """Learning-rate multiplier: 1, or the sparse VD paper's constant for the first half
+    then linear to 0 at the end (``"paper"``)."""
+    if schedule == "constant":
+        return 1.0
+    half = epochs // 2
+    return 1.0 if epoch < half else max(0.0, (epochs - epoch) / max(1, epochs - half))
+
+
+def prepare_run_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create the run directory; an existing non-empty one is an error unless ``force``."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise FileExistsError(
+            f"{path} already holds a run; pass --force to overwrite it, --resume {path} to "
+            "continue it, or choose another --out"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(path: Path, data: dict) -> Path:
+    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: is {path.parent} a vdppl run directory?")
+    return json.loads(path.read_text())
+
+
+def write_history(path: Path, rows: list[dict[str, float]]) -> Path:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
