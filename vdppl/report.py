@@ -101,10 +101,11 @@ def _figures(run: Path, config: dict, metrics: dict, history: list[dict]) -> lis
                 figure_of(plots.plot_reliability(probs, y)),
             )
         else:
+            draws = idata.posterior_predictive.sizes["draw"]
             save(
                 "Posterior predictive check",
                 "ppc.png",
-                figure_of(az.plot_ppc(idata, num_pp_samples=50)),
+                figure_of(az.plot_ppc(idata, num_pp_samples=min(50, draws))),
             )
     for ood in sorted(run.glob("ood-*.npz")):
         data = np.load(ood)
