@@ -184,6 +184,7 @@ def test_ood_detection_mnist_subset_vs_fashion(tmp_path):
     out = tmp_path / "mnist"
     vdppl("train", "--dataset", "mnist5k", "--arch", "lenet300", "--epochs", 1, "--out", out, *TINY)
     result = vdppl("evaluate", out, "--dataset", "fashion-mnist")
+    assert "ood_auroc_total" in result.stdout
     evaluation = json.loads((out / "evaluation-fashion-mnist.json").read_text())
     assert 0 <= evaluation["ood_auroc_total"] <= 1 and "ood_auroc_epistemic" in evaluation
     vdppl("report", out)
