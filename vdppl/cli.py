@@ -317,7 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     from vdppl.runs import BACKENDS, METHODS
 
     parser = argparse.ArgumentParser(prog="vdppl", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,report}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,report,bench}")
     t = sub.add_parser("train", help="fit a model and write a run directory")
     t.add_argument("--backend", default="pyro", choices=BACKENDS)
     t.add_argument("--dataset", default="digits")
@@ -366,6 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild report.html from a run directory alone")
     r.add_argument("run")
     r.set_defaults(func=report)
+    from vdppl.bench import add_parser
+
+    add_parser(sub)
     return parser
 
 

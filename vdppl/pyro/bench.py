@@ -1,15 +1,20 @@
-"""Cost of one sparse-VD SVI step in Pyro against hand-written torch code.
+"""Pyro measurements behind ``vdppl bench speed`` and ``vdppl bench variance``.
 
-``python -m vdppl.pyro.bench`` times LeNet-300-100 (784-300-100-10) at batch 100 on random
-data. The plain implementation below is the same maths with no PPL: per layer ``theta``,
-``log_sigma2`` and a bias, local reparameterization, Molchanov's KL from
-:mod:`vdppl.kl`, the data term scaled by ``N / batch``, one ``torch.optim.Adam``.
+``speed`` times one SVI step of LeNet-300-100 or LeNet-5 (batch 100) for: vdppl with
+local reparameterization (through ``pyro.infer.SVI``, and through the ELBO module with one
+``torch.optim.Adam``); vdppl sampling one weight tensor per minibatch; a plain
+hand-written torch implementation of the same sparse-VD maths (per layer ``theta``,
+``log_sigma2``, bias; LRT; Molchanov's KL from :mod:`vdppl.kl`; the data term scaled by
+``N / batch``; one Adam); and the deterministic network.
+
+``variance`` is the analogue of Table 1 of Kingma et al. (2015): the empirical variance
+of the minibatch gradient of the ELBO with respect to the means of the bottom and top
+layers, for local reparameterization, a separate weight sample per example, and one
+weight sample per minibatch.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -22,45 +27,48 @@ from pyro.infer import SVI
 
 import vdppl.pyro as vd
 from vdppl import kl as vdkl
+from vdppl import models
+from vdppl.pyro.elbo import LocalReparamELBO
+from vdppl.pyro.local_reparam_messenger import LocalReparamMessenger
+from vdppl.pyro.models import build
 
-__all__ = ["lenet300", "plain_sparse_vd_step", "speed", "time_steps", "vdppl_steps"]
+__all__ = ["network", "plain_sparse_vd_step", "speed", "time_steps", "variance", "vdppl_steps"]
 
 N_TRAIN = 60_000
+INPUT = (1, 28, 28)
 
 
-def lenet300() -> torch.nn.Sequential:
-    """LeNet-300-100: 784-300-100-10 with ReLU."""
-    return torch.nn.Sequential(
-        torch.nn.Linear(784, 300), torch.nn.ReLU(),
-        torch.nn.Linear(300, 100), torch.nn.ReLU(),
-        torch.nn.Linear(100, 10),
-    )  # fmt: skip
+def network(arch: str) -> torch.nn.Sequential:
+    """``lenet300`` or ``lenet5`` for 28x28 images, as ``vdppl train --arch`` builds it."""
+    return build(models.architecture(arch, 10), INPUT)
 
 
 def plain_sparse_vd_step(net: torch.nn.Sequential, lr: float = 1e-3) -> Callable:
-    """A hand-written sparse-VD step for ``net``'s Linear layers (no Pyro)."""
-    layers = [m for m in net if isinstance(m, torch.nn.Linear)]
-    params = []
-    for layer in layers:
-        theta = layer.weight.detach().clone().requires_grad_()
-        log_sigma2 = torch.full_like(theta, -10.0).requires_grad_()
-        bias = layer.bias.detach().clone().requires_grad_()
-        params.append((theta, log_sigma2, bias))
-    optim = torch.optim.Adam([p for group in params for p in group], lr=lr)
+    """A hand-written sparse-VD step for ``net`` (no Pyro): LRT in every Linear/Conv2d."""
+    params = {}
+    for i, layer in enumerate(net):
+        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+            theta = layer.weight.detach().clone().requires_grad_()
+            log_sigma2 = torch.full_like(theta, -10.0).requires_grad_()
+            params[i] = (theta, log_sigma2, layer.bias.detach().clone().requires_grad_())
+    optim = torch.optim.Adam([p for group in params.values() for p in group], lr=lr)
 
     def step(x, y):
         optim.zero_grad()
-        h = x
-        kl = 0.0
-        for i, (theta, log_sigma2, bias) in enumerate(params):
-            mean = F.linear(h, theta, bias)
-            var = F.linear(h * h, log_sigma2.exp())
+        h, kl = x, 0.0
+        for i, layer in enumerate(net):
+            if i not in params:
+                h = layer(h)
+                continue
+            theta, log_sigma2, bias = params[i]
+            if isinstance(layer, torch.nn.Linear):
+                mean, var = F.linear(h, theta, bias), F.linear(h * h, log_sigma2.exp())
+            else:
+                mean = F.conv2d(h, theta, bias, layer.stride, layer.padding)
+                var = F.conv2d(h * h, log_sigma2.exp(), None, layer.stride, layer.padding)
             h = mean + torch.sqrt(var + 1e-8) * torch.randn_like(mean)
-            if i < len(params) - 1:
-                h = torch.relu(h)
             kl = kl + vdkl.kl_molchanov(vdkl.log_alpha_from_sigma2(theta, log_sigma2)).sum()
-        nll = F.cross_entropy(h, y, reduction="sum") * (N_TRAIN / len(x))
-        loss = nll + kl
+        loss = F.cross_entropy(h, y, reduction="sum") * (N_TRAIN / len(x)) + kl
         loss.backward()
         optim.step()
         return loss.item()
@@ -68,24 +76,42 @@ def plain_sparse_vd_step(net: torch.nn.Sequential, lr: float = 1e-3) -> Callable
     return step
 
 
-def vdppl_steps(net: torch.nn.Sequential, lr: float = 1e-3, lrt: bool = True) -> dict:
-    """vdppl's step, two ways: Pyro's ``SVI`` and the ELBO module with ``torch.optim``."""
+def deterministic_step(net: torch.nn.Sequential, lr: float = 1e-3) -> Callable:
+    """The plain network with cross-entropy and Adam: the floor of any step's cost."""
+    net = net.train()
+    optim = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def step(x, y):
+        optim.zero_grad()
+        loss = F.cross_entropy(net(x), y, reduction="sum") * (N_TRAIN / len(x))
+        loss.backward()
+        optim.step()
+        return loss.item()
+
+    return step
+
+
+def _model_and_guide(net: torch.nn.Sequential, n_train: int = N_TRAIN, **guide_options):
     bnn = vd.bayesianize(net)
 
     def model(x, y=None):
         logits = bnn(x)
-        with pyro.plate("data", N_TRAIN, subsample=torch.arange(len(x))):
+        with pyro.plate("data", n_train, subsample=torch.arange(len(x))):
             pyro.sample("y", dist.Categorical(logits=logits), obs=y)
 
-    guide = vd.AutoVariationalDropout(model)
-    elbo = vd.LocalReparamELBO(local_reparam=lrt)
-    svi = SVI(model, guide, pyro.optim.Adam({"lr": lr}), elbo)
+    return model, vd.AutoVariationalDropout(model, **guide_options)
 
-    # Pyro's PyTorch-native idiom: the ELBO as a module, optimized by torch directly.
-    loss_module = elbo(model, guide)
+
+def vdppl_steps(net: torch.nn.Sequential, lr: float = 1e-3) -> dict[str, Callable]:
+    """vdppl's step: ``SVI`` with LRT, ``SVI`` with one weight sample per minibatch, and
+    the LRT ELBO as a module driven by one ``torch.optim.Adam`` (Pyro's PyTorch idiom)."""
+    model, guide = _model_and_guide(net)
+    lrt = SVI(model, guide, pyro.optim.Adam({"lr": lr}), LocalReparamELBO())
+    sampled = SVI(model, guide, pyro.optim.Adam({"lr": lr}), LocalReparamELBO(local_reparam=False))
+    loss_module = LocalReparamELBO()(model, guide)
     optim: list[torch.optim.Optimizer] = []
 
-    def torch_step(x, y):
+    def module_step(x, y):
         loss = loss_module(x, y)
         if not optim:  # parameters exist after the first call
             optim.append(torch.optim.Adam(loss_module.parameters(), lr=lr))
@@ -94,7 +120,8 @@ def vdppl_steps(net: torch.nn.Sequential, lr: float = 1e-3, lrt: bool = True) ->
         optim[0].step()
         return loss.item()
 
-    return {"svi": svi.step, "elbo_module": torch_step}
+    return {"vdppl_lrt": lrt.step, "vdppl_weight_sample": sampled.step,
+            "vdppl_lrt_torch_optim": module_step}  # fmt: skip
 
 
 def time_steps(step: Callable, x, y, warmup: int = 10, repeats: int = 7, steps: int = 20) -> dict:
@@ -110,56 +137,127 @@ def time_steps(step: Callable, x, y, warmup: int = 10, repeats: int = 7, steps: 
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
 
 
-def speed(
-    batch_size: int = 100, repeats: int = 7, steps: int = 20, validation: bool = False
-) -> dict:
-    """ms per step of plain torch, vdppl (SVI) and vdppl (ELBO module + torch.optim)."""
+def speed(arch: str = "lenet300", batch_size: int = 100, repeats: int = 7, steps: int = 20,
+          warmup: int = 10, validation: bool = False) -> dict:  # fmt: skip
+    """ms per step of each implementation (median of ``repeats`` runs of ``steps``)."""
     pyro.clear_param_store()
     pyro.enable_validation(validation)
     torch.manual_seed(0)
-    x = torch.rand(batch_size, 784)
+    x = torch.rand(batch_size, *INPUT)
     y = torch.randint(0, 10, (batch_size,))
-    results = {
-        "plain": time_steps(plain_sparse_vd_step(lenet300()), x, y, repeats=repeats, steps=steps)
+    steps_by_name = {
+        "plain": plain_sparse_vd_step(network(arch)),
+        "deterministic": deterministic_step(network(arch)),
+        **vdppl_steps(network(arch)),
     }
-    for name, step in vdppl_steps(lenet300()).items():
-        results[f"vdppl_{name}"] = time_steps(step, x, y, repeats=repeats, steps=steps)
-    plain = results["plain"]["median"]
+    timing = {
+        name: time_steps(step, x, y, warmup=warmup, repeats=repeats, steps=steps)
+        for name, step in steps_by_name.items()
+    }
+    plain = timing["plain"]["median"]
     return {
-        "arch": "lenet300",
+        "arch": arch,
         "backend": "pyro",
         "batch_size": batch_size,
         "validation": validation,
-        "torch_threads": torch.get_num_threads(),
-        "ms_per_step": {k: v["median"] for k, v in results.items()},
-        "ms_min_max": {k: [v["min"], v["max"]] for k, v in results.items()},
-        "ratio_to_plain": {k: v["median"] / plain for k, v in results.items()},
+        "threads": torch.get_num_threads(),
+        "ms_per_step": {k: v["median"] for k, v in timing.items()},
+        "ms_min_max": {k: [v["min"], v["max"]] for k, v in timing.items()},
+        "ratio_to_plain": {k: v["median"] / plain for k, v in timing.items()},
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--validation", action="store_true", help="keep Pyro's validation on")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    out = speed(args.batch_size, args.repeats, args.steps, args.validation)
-    if args.json:
-        print(json.dumps(out))
-        return
-    print(
-        f"LeNet-300-100, batch {args.batch_size}, {out['torch_threads']} torch threads, "
-        f"validation {'on' if args.validation else 'off'}"
-    )
-    for name, ms in out["ms_per_step"].items():
-        lo, hi = out["ms_min_max"][name]
-        print(
-            f"  {name:<20} {ms:7.2f} ms/step  (min {lo:.2f}, max {hi:.2f})  "
-            f"x{out['ratio_to_plain'][name]:.2f}"
-        )
+# ------------------------------------------------------------------ variance
+class _PerExampleMessenger(LocalReparamMessenger):
+    """Like ``local_reparam``, but samples a whole weight matrix for every example."""
+
+    def _pyro_vdppl_linear(self, msg) -> None:
+        base = self._lookup(msg, 2)
+        if base is None:
+            return
+        x, _, *rest = msg["args"]
+        bias = rest[0] if rest else msg["kwargs"].get("bias")
+        weights = base.loc + base.scale * torch.randn((len(x), *base.loc.shape))
+        out = torch.einsum("bi,boi->bo", x, weights)
+        msg["value"] = out if bias is None else out + bias
+        msg["done"] = True
+
+    def _pyro_vdppl_conv(self, msg) -> None:
+        if self._lookup(msg, msg["args"][1].dim()) is not None:
+            raise NotImplementedError("per-example weight samples are implemented for dense layers")
 
 
-if __name__ == "__main__":
-    main()
+class _PerExampleELBO(LocalReparamELBO):
+    def _handlers(self):
+        stack = super()._handlers()
+        stack.enter_context(_PerExampleMessenger())
+        return stack
+
+    def __init__(self):
+        super().__init__(local_reparam=False)
+
+
+ESTIMATORS = {
+    "local_reparam": LocalReparamELBO,
+    "weight_per_example": _PerExampleELBO,
+    "weight_per_minibatch": lambda: LocalReparamELBO(local_reparam=False),
+}
+
+
+def variance(stage: str = "init", epochs: int = 10, batch_size: int = 100, repeats: int = 200,
+             limit_train: int | None = None, seed: int = 0) -> dict:  # fmt: skip
+    """Variance of the minibatch gradient w.r.t. the bottom and top layers' means.
+
+    LeNet-300-100 on the MNIST subset (``vdppl.data.load("mnist5k")``) with variational
+    dropout B (multiplicative noise per weight, alpha <= 1) started at alpha = 1 (dropout
+    p = 0.5), as in Kingma et al.'s Table 1. ``stage="trained"`` first fits ``epochs``
+    epochs with the LRT estimator. Each of ``repeats`` estimates uses a fresh random
+    minibatch of ``batch_size``; the figure is the variance per element, averaged over the
+    layer's weights.
+    """
+    from vdppl.data import load
+
+    if stage not in ("init", "trained"):
+        raise ValueError(f"stage must be 'init' or 'trained', got {stage!r}")
+    pyro.clear_param_store()
+    pyro.set_rng_seed(seed)
+    pyro.enable_validation(False)
+    data = load("mnist5k")
+    x, y = torch.as_tensor(data.x_train[:limit_train]), torch.as_tensor(data.y_train[:limit_train])
+    model, guide = _model_and_guide(network("lenet300"), n_train=len(x), noise="multiplicative",
+                                    init_log_sigma2=0.0)  # fmt: skip
+    guide(x[:2], y[:2])
+    if stage == "trained":
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), LocalReparamELBO())
+        for _ in range(epochs):
+            for batch in torch.randperm(len(x)).split(batch_size):
+                svi.step(x[batch], y[batch])
+    sites = guide.dropout_sites
+    layers = {"bottom": sites[0], "top": sites[-1]}
+    means = {
+        k: pyro.param(f"AutoVariationalDropout.theta.{s}").unconstrained()
+        for k, s in layers.items()
+    }
+    result = {}
+    for name, make in ESTIMATORS.items():
+        elbo = make()
+        grads = {k: [] for k in layers}
+        for _ in range(repeats):
+            batch = torch.randperm(len(x))[:batch_size]
+            loss = elbo.differentiable_loss(model, guide, x[batch], y[batch])
+            for k, g in zip(layers, torch.autograd.grad(loss, list(means.values())), strict=True):
+                grads[k].append(g)
+        result[name] = {k: torch.stack(g).var(0).mean().item() for k, g in grads.items()}
+    lrt = result["local_reparam"]
+    return {
+        "estimators": result,
+        "ratio_to_local_reparam": {
+            name: {k: v[k] / lrt[k] for k in v} for name, v in result.items()
+        },
+        "backend": "pyro",
+        "stage": stage,
+        "epochs": epochs if stage == "trained" else 0,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "train_examples": len(x),
+    }

@@ -102,7 +102,8 @@ def compress(module: nn.Module, guide, threshold: float = vdkl.DEFAULT_THRESHOLD
     float rounding). Other architectures keep their shapes (masking only).
 
     :param module: the network returned by :func:`~vdppl.pyro.bayesianize`.
-    :param guide: its fitted :class:`~vdppl.pyro.AutoVariationalDropout`.
+    :param guide: its fitted :class:`~vdppl.pyro.AutoVariationalDropout` (or a point
+        estimate such as ``AutoDelta``, whose median is used unpruned).
     """
     template = getattr(module, "_vdppl_template", None)
     if template is None:
@@ -113,7 +114,8 @@ def compress(module: nn.Module, guide, threshold: float = vdkl.DEFAULT_THRESHOLD
     plain = copy.deepcopy(template)
     with torch.no_grad():
         _copy_point_estimates(module, plain)
-        _fill_layers(module, plain, guide.pruned_median(threshold))
+        pruned = getattr(guide, "pruned_median", None)  # point-estimate guides: median()
+        _fill_layers(module, plain, pruned(threshold) if pruned else guide.median())
         if isinstance(plain, nn.Sequential):
             plain = _remove_dead_units(plain)
     return plain

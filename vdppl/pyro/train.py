@@ -236,6 +236,23 @@ class Trainer:
             }
         return report_from_masks(masks, self.config.threshold)
 
+    def plain_predictor(self) -> dict:
+        """The deterministic network as a plain torch module (pruned and compressed for
+        variational dropout), its predict function on NumPy inputs, and how many hidden
+        units compression removed."""
+        from vdppl.pyro.sparsity import compress
+
+        small = compress(self.bnn, self.guide, self.config.threshold).eval()
+        before = [m.weight.shape[0] for m in self.net if hasattr(m, "weight")]
+        after = [m.weight.shape[0] for m in small if hasattr(m, "weight")]
+
+        @torch.no_grad()
+        def predict_fn(x):
+            return small(torch.as_tensor(x)).numpy()
+
+        return {"module": small, "predict": predict_fn,
+                "units_removed": int(sum(before) - sum(after))}  # fmt: skip
+
     def log_alpha(self) -> dict[str, np.ndarray]:
         if not isinstance(self.guide, AutoVariationalDropout):
             return {}
