@@ -31,8 +31,9 @@ def bench_speed(args) -> dict:
 def bench_variance(args) -> dict:
     options = {"repeats": 4, "limit_train": 200, "epochs": 1} if args.smoke else {}
     options.setdefault("epochs", args.epochs)
-    return _backend_bench(args.backend).variance(stage=args.stage, batch_size=args.batch_size,
-                                                 **options)  # fmt: skip
+    return _backend_bench(args.backend).variance(
+        stage=args.stage, batch_size=args.batch_size, **options
+    )
 
 
 def bench_sparsify(args) -> dict:
@@ -48,11 +49,20 @@ def bench_sparsify(args) -> dict:
             results = {}
             for method in ("map", "sparse-vd"):
                 config = Config(
-                    backend=args.backend, dataset=dataset, arch=arch, method=method,
-                    epochs=args.epochs, lr=args.lr, warmup=args.warmup, batch_size=args.batch_size,
-                    lr_schedule="paper", seed=args.seed, eval_samples=1,
-                    limit_train=300 if args.smoke else None, limit_test=100 if args.smoke else None,
-                ).validate()  # fmt: skip
+                    backend=args.backend,
+                    dataset=dataset,
+                    arch=arch,
+                    method=method,
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    warmup=args.warmup,
+                    batch_size=args.batch_size,
+                    lr_schedule="paper",
+                    seed=args.seed,
+                    eval_samples=1,
+                    limit_train=300 if args.smoke else None,
+                    limit_test=100 if args.smoke else None,
+                ).validate()
                 data = _load_dataset(config)
                 trainer = _trainer_class(args.backend)(config, data)
                 start = time.perf_counter()
@@ -76,7 +86,7 @@ def bench_sparsify(args) -> dict:
                             "dead_outputs": layer.dead_outputs,
                         }
                         for layer in report.layers
-                    },  # fmt: skip
+                    },
                     "units_removed": predictor["units_removed"],
                     "inference_ms": _time_inference(predictor["predict"], data.x_test),
                     "train_seconds": seconds,
@@ -107,11 +117,15 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
         print(f"{out['arch']}, batch {out['batch_size']}, {out['backend']}")
         for name, ms in out["ms_per_step"].items():
             lo, hi = out["ms_min_max"][name]
-            print(f"  {name:<24}{ms:9.2f} ms/step  (min {lo:.2f}, max {hi:.2f})  "
-                  f"x{out['ratio_to_plain'][name]:.2f} of plain")  # fmt: skip
+            print(
+                f"  {name:<24}{ms:9.2f} ms/step  (min {lo:.2f}, max {hi:.2f})  "
+                f"x{out['ratio_to_plain'][name]:.2f} of plain"
+            )
     elif kind == "variance":
-        print(f"gradient variance, {out['stage']} ({out['epochs']} epochs), batch "
-              f"{out['batch_size']}, {out['backend']}")  # fmt: skip
+        print(
+            f"gradient variance, {out['stage']} ({out['epochs']} epochs), batch "
+            f"{out['batch_size']}, {out['backend']}"
+        )
         print(f"  {'estimator':<24}{'bottom':>12}{'top':>12}{'x bottom':>10}{'x top':>8}")
         for name, v in out["estimators"].items():
             r = out["ratio_to_local_reparam"][name]
@@ -122,8 +136,10 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
         head = f"{'dataset':<15}{'arch':<10}{'method':<11}{'error':>7}{'x':>8}{'units out':>10}{'ms':>8}"
         print(head)
         for r in out["runs"]:
-            print(f"{r['dataset']:<15}{r['arch']:<10}{r['method']:<11}{r['test_error']:7.4f}"
-                  f"{r['compression']:8.1f}{r['units_removed']:10d}{r['inference_ms']:8.2f}")  # fmt: skip
+            print(
+                f"{r['dataset']:<15}{r['arch']:<10}{r['method']:<11}{r['test_error']:7.4f}"
+                f"{r['compression']:8.1f}{r['units_removed']:10d}{r['inference_ms']:8.2f}"
+            )
 
 
 def add_parser(sub) -> None:

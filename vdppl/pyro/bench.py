@@ -120,8 +120,11 @@ def vdppl_steps(net: torch.nn.Sequential, lr: float = 1e-3) -> dict[str, Callabl
         optim[0].step()
         return loss.item()
 
-    return {"vdppl_lrt": lrt.step, "vdppl_weight_sample": sampled.step,
-            "vdppl_lrt_torch_optim": module_step}  # fmt: skip
+    return {
+        "vdppl_lrt": lrt.step,
+        "vdppl_weight_sample": sampled.step,
+        "vdppl_lrt_torch_optim": module_step,
+    }
 
 
 def time_steps(step: Callable, x, y, warmup: int = 10, repeats: int = 7, steps: int = 20) -> dict:
@@ -137,8 +140,14 @@ def time_steps(step: Callable, x, y, warmup: int = 10, repeats: int = 7, steps: 
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
 
 
-def speed(arch: str = "lenet300", batch_size: int = 100, repeats: int = 7, steps: int = 20,
-          warmup: int = 10, validation: bool = False) -> dict:  # fmt: skip
+def speed(
+    arch: str = "lenet300",
+    batch_size: int = 100,
+    repeats: int = 7,
+    steps: int = 20,
+    warmup: int = 10,
+    validation: bool = False,
+) -> dict:
     """ms per step of each implementation (median of ``repeats`` runs of ``steps``)."""
     pyro.clear_param_store()
     pyro.enable_validation(validation)
@@ -204,8 +213,14 @@ ESTIMATORS = {
 }
 
 
-def variance(stage: str = "init", epochs: int = 10, batch_size: int = 100, repeats: int = 200,
-             limit_train: int | None = None, seed: int = 0) -> dict:  # fmt: skip
+def variance(
+    stage: str = "init",
+    epochs: int = 10,
+    batch_size: int = 100,
+    repeats: int = 200,
+    limit_train: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Variance of the minibatch gradient w.r.t. the bottom and top layers' means.
 
     LeNet-300-100 on the MNIST subset (``vdppl.data.load("mnist5k")``) with variational
@@ -224,8 +239,9 @@ def variance(stage: str = "init", epochs: int = 10, batch_size: int = 100, repea
     pyro.enable_validation(False)
     data = load("mnist5k")
     x, y = torch.as_tensor(data.x_train[:limit_train]), torch.as_tensor(data.y_train[:limit_train])
-    model, guide = _model_and_guide(network("lenet300"), n_train=len(x), noise="multiplicative",
-                                    init_log_sigma2=0.0)  # fmt: skip
+    model, guide = _model_and_guide(
+        network("lenet300"), n_train=len(x), noise="multiplicative", init_log_sigma2=0.0
+    )
     guide(x[:2], y[:2])
     if stage == "trained":
         svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), LocalReparamELBO())
