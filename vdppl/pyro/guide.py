@@ -24,15 +24,12 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import biject_to
 
 from vdppl import kl as vdkl
+from vdppl.options import alpha_param_shape, check_guide_options, kl_approximation
 from vdppl.pyro.distributions import DropoutNormal, is_log_uniform
 from vdppl.pyro.init import init_to_module
 from vdppl.pyro.local_reparam_messenger import LRT_FLAG
 
 __all__ = ["AutoVariationalDropout"]
-
-NOISE_MODES = ("additive", "multiplicative")
-ALPHA_SHAPES = ("weight", "unit", "layer")
-INIT_LOG_SIGMA2_RANGE = (-30.0, 5.0)
 
 
 class _Site(NamedTuple):
@@ -42,19 +39,6 @@ class _Site(NamedTuple):
     variational_dropout: bool
     local_reparam: bool
     transform: object
-
-
-def _alpha_param_shape(shape: torch.Size, alpha_shape: str) -> tuple[int, ...]:
-    """Shape of the dropout-rate parameter of a weight of ``shape`` (torch layout).
-
-    ``weight``: one rate per weight; ``unit``: one per input unit, axis 1 of an
-    ``(out, in, *kernel)`` weight (a 1-d site has one per element); ``layer``: one.
-    """
-    if alpha_shape == "weight" or (alpha_shape == "unit" and len(shape) < 2):
-        return tuple(shape)
-    if alpha_shape == "unit":
-        return (1, shape[1]) + (1,) * (len(shape) - 2)
-    return (1,) * len(shape)
 
 
 class AutoVariationalDropout(AutoGuide):
@@ -122,46 +106,9 @@ class AutoVariationalDropout(AutoGuide):
         init_scale: float = 0.1,
         create_plates=None,
     ):
-        if noise is None:
-            noise = "multiplicative" if fixed_alpha is not None else "additive"
-        if noise not in NOISE_MODES:
-            raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
-        if alpha_shape not in ALPHA_SHAPES:
-            raise ValueError(f"alpha_shape must be one of {ALPHA_SHAPES}, got {alpha_shape!r}")
-        if noise == "additive" and alpha_shape != "weight":
-            raise ValueError(
-                f"alpha_shape={alpha_shape!r} needs noise='multiplicative': additive noise "
-                "learns one sigma per weight, so its alpha is per weight."
-            )
-        if noise == "additive" and fixed_alpha is not None:
-            raise ValueError(
-                "fixed_alpha is Gaussian dropout, which is multiplicative noise; "
-                "use noise='multiplicative' (or leave noise unset)."
-            )
-        if fixed_alpha is not None and not (
-            isinstance(fixed_alpha, (int, float)) and math.isfinite(fixed_alpha) and fixed_alpha > 0
-        ):
-            raise ValueError(
-                f"Expected fixed_alpha > 0 and finite but got {fixed_alpha!r}. For dropout "
-                "rate p use alpha = p / (1 - p) (p = 0.5 gives alpha = 1)."
-            )
-        if max_log_alpha is not None and not (
-            isinstance(max_log_alpha, (int, float))
-            and vdkl.LOG_ALPHA_CLIP[0] < max_log_alpha <= vdkl.LOG_ALPHA_CLIP[1]
-        ):
-            raise ValueError(
-                f"max_log_alpha must be in (-8, 8] or None, got {max_log_alpha!r}; 0.0 bounds "
-                "alpha by 1 as in Kingma et al. (2015)."
-            )
-        low, high = INIT_LOG_SIGMA2_RANGE
-        if not (isinstance(init_log_sigma2, (int, float)) and low <= init_log_sigma2 <= high):
-            raise ValueError(
-                f"init_log_sigma2 must be a number in [{low}, {high}], got {init_log_sigma2!r}. "
-                "Below, the noise is lost to float32 rounding of the weights; above, every "
-                "weight starts as noise. Molchanov et al. (2017) use -10."
-            )
-        if not (isinstance(init_scale, float) and init_scale > 0):
-            raise ValueError(f"Expected init_scale > 0. but got {init_scale!r}")
+        noise, fixed_alpha, max_log_alpha = check_guide_options(
+            noise, alpha_shape, fixed_alpha, max_log_alpha, init_log_sigma2, init_scale
+        )
         self.noise = noise
         self.alpha_shape = alpha_shape
         self.fixed_alpha = None if fixed_alpha is None else float(fixed_alpha)
@@ -178,14 +125,7 @@ class AutoVariationalDropout(AutoGuide):
     @property
     def kl_approximation(self) -> str:
         """``"kingma"`` when alpha is bounded by 1 (multiplicative noise), else ``"molchanov"``."""
-        if self.noise == "multiplicative" and self._max_log_alpha_in_use() <= 0:
-            return "kingma"
-        return "molchanov"
-
-    def _max_log_alpha_in_use(self) -> float:
-        if self.fixed_alpha is not None:
-            return math.log(self.fixed_alpha)
-        return self.max_log_alpha
+        return kl_approximation(self.noise, self.fixed_alpha, self.max_log_alpha)
 
     def _setup_prototype(self, *args, **kwargs):
         super()._setup_prototype(*args, **kwargs)
@@ -225,7 +165,7 @@ class AutoVariationalDropout(AutoGuide):
             deep_setattr(self.log_sigma2, name, PyroParam(log_sigma2, constraints.real, event_dim))
         elif self.fixed_alpha is None:
             per_weight = self.init_log_sigma2 - torch.log(theta.pow(2) + 1e-8)
-            shape = _alpha_param_shape(theta.shape, self.alpha_shape)
+            shape = alpha_param_shape(tuple(theta.shape), self.alpha_shape, unit_axis=1)
             dims = [i for i, (a, b) in enumerate(zip(shape, theta.shape, strict=False)) if a != b]
             log_alpha = per_weight.mean(dim=dims, keepdim=True) if dims else per_weight
             log_alpha = log_alpha.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)

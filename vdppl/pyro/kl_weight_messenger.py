@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 from pyro.poutine.messenger import Messenger
 
+from vdppl.options import check_kl_weight
+
 __all__ = ["KLWeightMessenger", "check_kl_weight", "kl_weight"]
-
-
-def check_kl_weight(beta) -> float:
-    """Validate a KL weight: a finite number ``>= 0``."""
-    try:
-        value = float(beta)
-    except (TypeError, ValueError):
-        raise TypeError(f"kl_weight must be a number, got {beta!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(
-            f"Expected kl_weight >= 0 and finite but got {beta!r}. Warm-up goes from 0 "
-            "(data term only) to 1 (the ELBO)."
-        )
-    return value
 
 
 class KLWeightMessenger(Messenger):

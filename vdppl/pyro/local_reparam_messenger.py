@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from pyro.poutine.messenger import Messenger
 
+from vdppl.options import unused_sites_message
 from vdppl.pyro import ops
 
 __all__ = ["LRT_FLAG", "LocalReparamMessenger", "local_reparam"]
@@ -58,14 +59,13 @@ class LocalReparamMessenger(Messenger):
     def __exit__(self, exc_type, exc_value, traceback):
         result = super().__exit__(exc_type, exc_value, traceback)
         if exc_type is None and self._unused:
-            names = ", ".join(sorted(self._unused))
             raise RuntimeError(
-                f"local_reparam deferred the weight site(s) {names} but the model never "
-                "passed them to vdppl.pyro.ops.linear/conv (with name=<site>). Under the "
-                "handler such a weight holds its posterior mean, not a sample. Call the "
-                "primitive with the site's value, or drop infer={'local_reparam': True}. "
-                "(pyro.infer.Predictive runs the guide apart from the model, which local "
-                "reparameterization cannot follow: use vdppl.pyro.predict(..., mode='lrt').)"
+                unused_sites_message(
+                    list(self._unused),
+                    "vdppl.pyro.ops.linear/conv (with name=<site>)",
+                    "(pyro.infer.Predictive runs the guide apart from the model, which local "
+                    "reparameterization cannot follow: use vdppl.pyro.predict(..., mode='lrt').)",
+                )
             )
         return result
 
