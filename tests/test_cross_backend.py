@@ -1,0 +1,210 @@
+"""Pyro and NumPyro backends agree on the same inputs and parameters.
+
+Layouts are converted between the frameworks: a torch Linear weight ``(out, in)`` is the
+transpose of a Flax Dense kernel ``(in, out)``; a torch conv weight ``(out, in/groups, *k)``
+is a Flax kernel ``(*k, in/groups, out)``, and torch's ``(N, C, *spatial)`` inputs are
+channels-last ``(N, *spatial, C)`` in JAX. Tolerances are float32 rounding of the two
+libraries' kernels (different summation orders), stated where used.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pyro")
+jax = pytest.importorskip("jax")
+pytest.importorskip("numpyro")
+
+import flax.linen as fnn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpyro.distributions as ndist  # noqa: E402
+import pyro  # noqa: E402
+import pyro.distributions as pdist  # noqa: E402
+from numpyro.distributions.kl import kl_divergence as jax_kl  # noqa: E402
+from numpyro.handlers import seed, trace  # noqa: E402
+from torch.distributions import kl_divergence as torch_kl  # noqa: E402
+
+import vdppl.numpyro as vdj  # noqa: E402
+import vdppl.numpyro.ops as jops  # noqa: E402
+import vdppl.pyro as vdt  # noqa: E402
+import vdppl.pyro.ops as tops  # noqa: E402
+
+RNG = np.random.default_rng(0)
+
+
+def close(a, b, atol=1e-5, rtol=1e-5):
+    np.testing.assert_allclose(
+        np.asarray(a, np.float64), np.asarray(b, np.float64), atol=atol, rtol=rtol
+    )
+
+
+def to_flax(weight: np.ndarray) -> np.ndarray:
+    """torch ``(out, in, *k)`` -> Flax ``(*k, in, out)``."""
+    n = weight.ndim
+    return np.transpose(weight, (*range(2, n), 1, 0))
+
+
+def channels_last(x: np.ndarray) -> np.ndarray:
+    return np.moveaxis(x, 1, -1)
+
+
+@pytest.mark.parametrize("approximation", ["molchanov", "kingma"])
+def test_same_kl_values(approximation):
+    loc = RNG.normal(size=(4, 5)).astype(np.float32)
+    log_alpha = RNG.uniform(-8, 0 if approximation == "kingma" else 8, size=(4, 5))
+    log_alpha = log_alpha.astype(np.float32)
+    var = np.exp(log_alpha) * loc**2
+    q_t = vdt.DropoutNormal(
+        torch.tensor(loc), torch.tensor(var), torch.tensor(log_alpha), approximation
+    )
+    q_j = vdj.DropoutNormal(
+        jnp.asarray(loc), jnp.asarray(var), jnp.asarray(log_alpha), approximation
+    )
+    kl_t = torch_kl(q_t.to_event(2), vdt.LogUniform().expand([4, 5]).to_event(2))
+    kl_j = jax_kl(q_j.to_event(2), vdj.LogUniform().expand([4, 5]).to_event(2))
+    close(kl_t.item(), kl_j, rtol=1e-5)  # a sum of 20 terms in float32
+    scale = np.sqrt(var) + 1e-3
+    kl_t = torch_kl(
+        pdist.Normal(torch.tensor(loc), torch.tensor(scale)), vdt.LogUniform().expand([4, 5])
+    )
+    kl_j = jax_kl(
+        ndist.Normal(jnp.asarray(loc), jnp.asarray(scale)), vdj.LogUniform().expand([4, 5])
+    )
+    close(kl_t.numpy(), kl_j, atol=1e-6)
+
+
+CONVS = {
+    "linear": (None, (3, 5)),
+    "conv1d-stride-padding": ({"stride": 2, "padding": 1, "dilation": 1, "groups": 1}, (2, 2, 9)),
+    "conv2d-dilation-groups": (
+        {"stride": 1, "padding": 2, "dilation": 2, "groups": 2},
+        (2, 4, 6, 6),
+    ),
+    "conv3d": ({"stride": (1, 2, 1), "padding": 0, "dilation": 1, "groups": 1}, (1, 2, 4, 4, 3)),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVS), ids=str)
+def test_same_lrt_means_and_variances(name, monkeypatch):
+    options, shape = CONVS[name]
+    x = RNG.normal(size=shape).astype(np.float32)
+    if options is None:  # torch Linear weight (out, in)
+        w_shape = (6, shape[1])
+    else:  # torch conv weight (out, in / groups, 3, ..., 3)
+        w_shape = (6, shape[1] // options["groups"], *(3,) * (len(shape) - 2))
+    loc = RNG.normal(size=w_shape).astype(np.float32)
+    var = np.exp(RNG.uniform(-5, 0, size=w_shape)).astype(np.float32)
+    bias = RNG.normal(size=6).astype(np.float32)
+
+    def torch_run():
+        args = (torch.tensor(x), torch.tensor(loc), torch.tensor(var), torch.tensor(bias))
+        if options is None:
+            return tops.lrt_linear(*args).numpy()
+        o = options
+        return tops.lrt_conv(*args, o["stride"], o["padding"], o["dilation"], o["groups"]).numpy()
+
+    def jax_run():
+        key = jax.random.key(0)
+        if options is None:
+            return np.asarray(jops.lrt_dense(key, x, loc.T, var.T, bias))
+        o = options
+        out = jops.lrt_conv(key, channels_last(x), to_flax(loc), to_flax(var), bias,
+                            o["stride"], o["padding"], o["dilation"], o["groups"])  # fmt: skip
+        return np.moveaxis(np.asarray(out), -1, 1)
+
+    outputs = {}
+    for fill in (0.0, 1.0):  # eps = 0 gives the mean, eps = 1 the mean + sqrt(var + 1e-8)
+        monkeypatch.setattr(tops, "_standard_normal", lambda m, f=fill: torch.full_like(m, f))
+        monkeypatch.setattr(jops, "_standard_normal", lambda k, s, d, f=fill: jnp.full(s, f, d))
+        outputs[fill] = torch_run(), jax_run()
+    (mean_t, mean_j), (one_t, one_j) = outputs[0.0], outputs[1.0]
+    close(mean_t, mean_j, atol=1e-5)  # sums of <= 36 float32 products
+    close((one_t - mean_t) ** 2, (one_j - mean_j) ** 2, atol=1e-5, rtol=1e-4)
+
+
+def pyro_fit(net: torch.nn.Module, x: torch.Tensor, values: dict):
+    """A Pyro guide over ``bayesianize(net)`` with the given theta / log sigma^2."""
+    pyro.clear_param_store()
+    bnn = vdt.bayesianize(net)
+    guide = vdt.AutoVariationalDropout(lambda x: bnn(x))
+    guide(x)
+    with torch.no_grad():
+        for name, (theta, log_sigma2) in values.items():
+            pyro.param(f"AutoVariationalDropout.theta.{name}").copy_(torch.tensor(theta))
+            pyro.param(f"AutoVariationalDropout.log_sigma2.{name}").copy_(torch.tensor(log_sigma2))
+    return guide
+
+
+def numpyro_fit(module, x, values: dict):
+    """The NumPyro guide over ``bayesianize(module)`` with the same values, Flax layout."""
+    bnn = vdj.bayesianize(module, x, rng_key=jax.random.key(0))
+    guide = vdj.AutoVariationalDropout(lambda x: bnn(x))
+    tr = trace(seed(guide, 0)).get_trace(x)
+    params = {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
+    for name, (theta, log_sigma2) in values.items():
+        params[f"theta.{name}"] = jnp.asarray(to_flax(theta))
+        params[f"log_sigma2.{name}"] = jnp.asarray(to_flax(log_sigma2))
+    return guide, params
+
+
+def values_for(shapes: dict) -> dict:
+    """theta ~ N(0, 0.3) and log sigma^2 ~ U(-8, 0): about a third of log alpha above 3."""
+    return {
+        name: (
+            RNG.normal(scale=0.3, size=shape).astype(np.float32),
+            RNG.uniform(-8, 0, size=shape).astype(np.float32),
+        )
+        for name, shape in shapes.items()
+    }
+
+
+class FlaxNet(fnn.Module):
+    @fnn.compact
+    def __call__(self, x):
+        x = fnn.relu(fnn.Conv(4, (3, 3), padding="VALID")(x))
+        x = x.reshape(x.shape[0], -1)
+        x = fnn.relu(fnn.Dense(8)(x))
+        return fnn.Dense(3)(x)
+
+
+def test_same_masks_and_sparsity_report():
+    torch_net = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 3 * 3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3),
+    )  # fmt: skip
+    torch_names = ["0.weight", "3.weight", "5.weight"]
+    flax_names = ["Conv_0.kernel", "Dense_0.kernel", "Dense_1.kernel"]
+    shapes = {"0.weight": (4, 2, 3, 3), "3.weight": (8, 36), "5.weight": (3, 8)}
+    values = values_for(shapes)
+    # make whole units dead, so the dead-unit counts are compared too
+    values["3.weight"][1][2:4] = 5.0  # two units of the hidden layer lose all inputs
+    values["5.weight"][1][:, 6] = 5.0  # one hidden unit loses all outputs
+    x = RNG.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    pyro_guide = pyro_fit(torch_net, torch.tensor(x), values)
+    # flattening order differs (torch: C, H, W; Flax: H, W, C): the Dense layer sees the
+    # same numbers when its input axis is permuted accordingly
+    dense = values["3.weight"]
+    perm = np.arange(36).reshape(4, 3, 3).transpose(1, 2, 0).reshape(-1)
+    jax_values = dict(
+        zip(flax_names, [values["0.weight"], tuple(v[:, perm] for v in dense), values["5.weight"]])
+    )
+    guide, params = numpyro_fit(FlaxNet(), jnp.asarray(channels_last(x)), jax_values)
+
+    masks_t = pyro_guide.mask()
+    masks_j = guide.mask(params)
+    for t_name, j_name in zip(torch_names, flax_names):
+        mask_t = masks_t[t_name].numpy()
+        mask_j = vdj.sparsity.to_out_in(masks_j[j_name])
+        if t_name == "3.weight":
+            mask_j = mask_j[:, np.argsort(perm)]
+        assert np.array_equal(mask_t, mask_j), t_name
+
+    report_t = vdt.sparsity_report(pyro_guide)
+    report_j = vdj.sparsity_report(guide, params)
+    assert report_t.threshold == report_j.threshold
+    assert report_t.compression == report_j.compression
+    for lt, lj in zip(report_t.layers, report_j.layers):
+        assert (lt.shape, lt.kept, lt.total, lt.dead_outputs, lt.dead_inputs) == (
+            lj.shape, lj.kept, lj.total, lj.dead_outputs, lj.dead_inputs,
+        )  # fmt: skip
+    assert report_j.layers[1].dead_outputs == 2 and report_j.layers[2].dead_inputs == 1
