@@ -9,10 +9,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-import xarray as xr
 from pyro.infer import SVI
+from pyro.infer.autoguide import AutoDelta
 
 import vdppl.pyro as vd
+from tests.diagnostics.arviz_checks import assert_arviz_functions_work, assert_netcdf_round_trip
 from vdppl.datasets import load_digits
 from vdppl.diagnostics.loo import UnreliableLOOWarning, elpd_loo
 
@@ -78,6 +79,7 @@ def test_groups_dims_and_attrs(idata):
     for group in idata.groups():
         attrs = idata[group].attrs
         assert attrs["backend"] == "pyro" and attrs["noise"] == "additive"
+        assert attrs["method"] == "sparse-vd" and attrs["weight_layout"] == "out_in"
         assert attrs["threshold"] == 3.0 and "torch_version" in attrs
 
 
@@ -94,34 +96,13 @@ def test_log_likelihood_is_the_categorical_log_prob(idata):
 
 def test_arviz_functions_work(idata, fitted, tmp_path):
     model, guide, store, x, y = fitted
-    assert not az.summary(idata, var_names=["2.weight"]).empty
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loo = az.loo(idata)
-        waic = az.waic(idata)
-        pyro.set_rng_seed(2)
-        other = vd.to_inference_data(model, guide, x, y, num_samples=40, mode="mc")
-        comparison = az.compare({"lrt": idata, "mc": other})
-    assert np.isfinite(loo.elpd_loo) and np.isfinite(waic.elpd_waic)
-    assert list(comparison.index) and set(comparison.index) == {"lrt", "mc"}
-    ax = az.plot_ppc(idata, data_pairs={"y": "y"}, num_pp_samples=10)
-    np.ravel(ax)[0].figure.savefig(tmp_path / "ppc.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ax = az.plot_loo_pit(idata, y="y")
-    np.ravel(ax)[0].figure.savefig(tmp_path / "loo_pit.png")
-    assert (tmp_path / "ppc.png").stat().st_size > 0 and (
-        tmp_path / "loo_pit.png"
-    ).stat().st_size > 0
+    pyro.set_rng_seed(2)
+    other = vd.to_inference_data(model, guide, x, y, num_samples=40, mode="mc")
+    assert_arviz_functions_work(idata, other, "2.weight", tmp_path)
 
 
 def test_netcdf_round_trip_loses_nothing(idata, tmp_path):
-    path = tmp_path / "idata.nc"
-    idata.to_netcdf(path)
-    back = az.from_netcdf(path)
-    assert set(back.groups()) == set(idata.groups())
-    for group in idata.groups():
-        xr.testing.assert_identical(back[group].load(), idata[group])
+    assert_netcdf_round_trip(idata, tmp_path)
 
 
 def test_elpd_loo_reports_pareto_k(idata):
@@ -166,6 +147,23 @@ def test_chunks_share_the_draws_weights(fitted):
     np.testing.assert_array_equal(logits[0], logits[1])  # the pruned mean network
 
 
+def test_mc_posterior_holds_the_weights_the_model_used(fitted):
+    # Recomputing each draw's logits from the stored weights of both layers gives the
+    # stored logits: the posterior group holds the weights behind the predictions.
+    model, guide, store, x, y = fitted
+    pyro.get_param_store().set_state(store)
+    idata = vd.to_inference_data(
+        model, guide, x, y, num_samples=3, mode="mc", weight_sites=["0.weight", "2.weight"]
+    )
+    w0, w2 = (torch.as_tensor(idata.posterior[n].values[0]) for n in ("0.weight", "2.weight"))
+    b0, b2 = (pyro.param(n).detach() for n in ("0.bias", "2.bias"))
+    logits = torch.relu(x @ w0.mT + b0) @ w2.mT + b2
+    # float32 rounding of two 64- and 32-term dot products
+    np.testing.assert_allclose(
+        idata.posterior_predictive["logits"].values[0], logits.numpy(), rtol=1e-5, atol=1e-5
+    )
+
+
 def test_regression_latent_sites_in_posterior():
     bnn = vd.bayesianize(torch.nn.Linear(2, 1))
 
@@ -176,11 +174,14 @@ def test_regression_latent_sites_in_posterior():
             pyro.sample("y", dist.Normal(mean, sigma), obs=y)
 
     x, y = torch.randn(30, 2), torch.randn(30)
-    guide = vd.AutoVariationalDropout(model)
+    guide = vd.AutoVariationalDropout(model, fixed_alpha=1.0)  # Gaussian dropout, p = 0.5
     guide(x, y)
     idata = vd.to_inference_data(model, guide, x, y, num_samples=5, include_x=False)
     assert idata.posterior["sigma"].shape == (1, 5) and (idata.posterior["sigma"] > 0).all()
     assert "constant_data" not in idata.groups()
+    assert idata.posterior.attrs["method"] == "gaussian-dropout"  # read from the guide
+    named = vd.to_inference_data(model, guide, x, y, num_samples=2, method="gradreg")
+    assert named.posterior.attrs["method"] == "gradreg"  # an explicit method wins
 
 
 def test_bad_inputs(fitted):
@@ -197,3 +198,11 @@ def test_bad_inputs(fitted):
         vd.to_inference_data(model, guide, x, y, chunk_size=0)
     with pytest.raises(TypeError, match="must be torch tensors"):
         vd.to_inference_data(model, guide, x.numpy(), y)
+    with pytest.raises(ValueError, match=r"threshold=12.0 is outside \(-8.0, 8.0\)"):
+        vd.to_inference_data(model, guide, x, y, threshold=12.0)
+
+
+def test_a_point_estimate_is_refused(fitted):
+    model, guide, store, x, y = fitted
+    with pytest.raises(TypeError, match="needs a fitted vdppl.pyro.AutoVariationalDropout"):
+        vd.to_inference_data(model, AutoDelta(model), x, y)

@@ -15,8 +15,8 @@ model:
 * ``log_alpha``: each variational dropout layer's ``log alpha`` (not a draw: a property
   of the variational posterior), with the layer's axes named.
 
-Every group carries the same ``attrs`` (backend, method, noise mode, threshold, library
-versions).
+Every group carries the same ``attrs`` (:func:`converter_attrs`: backend, method, noise
+mode, weight layout, threshold, library versions).
 """
 
 from __future__ import annotations
@@ -26,7 +26,20 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["build_inference_data", "layer_dims", "library_versions"]
+__all__ = [
+    "DrawCollector",
+    "build_inference_data",
+    "check_variational_guide",
+    "converter_attrs",
+    "example_dims",
+    "guide_method",
+    "keep_mask_out_in",
+    "layer_dims",
+    "library_versions",
+]
+
+#: how each backend lays out a weight: torch's ``(out, in, *kernel)``, Flax's ``(*kernel, in, out)``
+WEIGHT_LAYOUTS = ("out_in", "kernel_in_out")
 
 
 def library_versions(*names: str) -> dict[str, str]:
@@ -55,7 +68,116 @@ def layer_dims(site: str, ndim: int, layout: str = "out_in") -> list[str]:
         return [f"{site}_out", f"{site}_in", *kernel]
     if layout == "kernel_in_out":
         return [*kernel, f"{site}_in", f"{site}_out"]
-    raise ValueError(f"layout must be 'out_in' or 'kernel_in_out', got {layout!r}")
+    raise ValueError(f"layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+
+
+def example_dims(name: str, ndim: int, *, classes: bool = False) -> list[str]:
+    """Dimension names of a per-example variable with ``ndim`` axes, ``obs_id`` first.
+
+    ``["obs_id", "class"]`` for a 2-d variable when ``classes`` (logits, probabilities);
+    otherwise ``["obs_id", "{name}_dim_0", ...]``, numbered from the axis after ``obs_id``.
+    """
+    if classes and ndim == 2:
+        return ["obs_id", "class"]
+    return ["obs_id", *[f"{name}_dim_{i}" for i in range(ndim - 1)]]
+
+
+def keep_mask_out_in(log_alpha, threshold: float) -> np.ndarray | None:
+    """``log_alpha < threshold`` of a dense layer as ``(out, in)``, whatever its layout.
+
+    ``log_alpha`` is one variable of an InferenceData's ``log_alpha`` group (an
+    ``xarray.DataArray``); its axes are found by name (``{site}_out``, ``{site}_in``,
+    from :func:`layer_dims`), so a torch ``(out, in)`` weight and a Flax ``(in, out)``
+    kernel give the same mask. Returns ``None`` for other variables (convolution kernels,
+    biases, unnamed axes).
+    """
+    name = log_alpha.name
+    wanted = (f"{name}_out", f"{name}_in")
+    if log_alpha.ndim != 2 or set(log_alpha.dims) != set(wanted):
+        return None
+    return np.asarray(log_alpha.transpose(*wanted).values < threshold)
+
+
+def guide_method(guide: Any) -> str:
+    """The method name (as ``vdppl train --method``) of an ``AutoVariationalDropout``.
+
+    ``fixed_alpha`` set: ``"gaussian-dropout"``; additive noise: ``"sparse-vd"``;
+    multiplicative noise with ``alpha_shape="unit"``: ``"vd-a"``, ``"weight"``: ``"vd-b"``
+    (Kingma et al. 2015's variants A and B), ``"layer"``: ``"vd-layer"``.
+    """
+    if guide.fixed_alpha is not None:
+        return "gaussian-dropout"
+    if guide.noise == "additive":
+        return "sparse-vd"
+    return {"unit": "vd-a", "weight": "vd-b"}.get(guide.alpha_shape, f"vd-{guide.alpha_shape}")
+
+
+def check_variational_guide(guide: Any, expected: type, backend: str) -> None:
+    """Refuse guides without a variational dropout posterior (e.g. MAP's ``AutoDelta``).
+
+    A point estimate is a single draw: ``az.loo`` and ``az.waic`` need the spread of
+    the log likelihood over posterior draws, which one draw does not have.
+    """
+    if not isinstance(guide, expected):
+        raise TypeError(
+            f"to_inference_data needs a fitted vdppl.{backend}.AutoVariationalDropout guide, "
+            f"got {type(guide).__name__}. A point estimate (MAP, AutoDelta) is one draw, so "
+            "LOO and WAIC would be meaningless; score its predictions on held-out data with "
+            "vdppl.diagnostics.classification_metrics(probs[None], y) or "
+            "regression_metrics(pred[None], y) instead."
+        )
+
+
+def converter_attrs(
+    guide: Any,
+    *,
+    backend: str,
+    method: str | None,
+    mode: str,
+    threshold: float,
+    weight_layout: str,
+    libraries: tuple[str, ...],
+) -> dict[str, Any]:
+    """The ``attrs`` both converters write: what was fitted, how it was drawn, versions.
+
+    ``method=None`` takes it from the guide (:func:`guide_method`); ``weight_layout`` is
+    one of :data:`WEIGHT_LAYOUTS` (the axes are also named, see :func:`layer_dims`).
+    """
+    return {
+        "backend": backend,
+        "inference_library": backend,
+        "method": guide_method(guide) if method is None else method,
+        "mode": mode,
+        "noise": guide.noise,
+        "alpha_shape": guide.alpha_shape,
+        "kl_approximation": guide.kl_approximation,
+        "threshold": float(threshold),
+        "weight_layout": weight_layout,
+        **library_versions(*libraries),
+    }
+
+
+class DrawCollector:
+    """Preallocated ``(draws, n, ...)`` arrays, filled block by block of draws and rows.
+
+    The converters loop over draws and over chunks of the data; each block lands in its
+    place, so memory holds the result once (no list of chunks to concatenate).
+    """
+
+    def __init__(self, num_draws: int, n: int) -> None:
+        self.num_draws, self.n = num_draws, n
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, first_draw: int, start: int, value: np.ndarray) -> None:
+        """Store ``value`` of shape ``(draws, rows, ...)`` at draws ``first_draw, ...`` and
+        rows ``start, ...``."""
+        value = np.asarray(value)
+        if name not in self.arrays:
+            shape = (self.num_draws, self.n, *value.shape[2:])
+            self.arrays[name] = np.empty(shape, value.dtype)
+        self.arrays[name][first_draw : first_draw + len(value), start : start + value.shape[1]] = (
+            value
+        )
 
 
 def _with_chain(draws: Mapping[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:

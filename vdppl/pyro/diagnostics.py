@@ -15,25 +15,12 @@ import torch
 from pyro import poutine
 
 from vdppl import kl as vdkl
-from vdppl.diagnostics.inference_data import build_inference_data, layer_dims, library_versions
+from vdppl.diagnostics import inference_data as vdid
+from vdppl.pyro.guide import AutoVariationalDropout
 from vdppl.pyro.local_reparam_messenger import LocalReparamMessenger
 from vdppl.pyro.predict import MODES
 
 __all__ = ["to_inference_data"]
-
-
-class _Collector:
-    """Preallocated ``(draws, n, ...)`` float32 arrays, filled chunk by chunk."""
-
-    def __init__(self, num_draws: int, n: int):
-        self.num_draws, self.n = num_draws, n
-        self.arrays: dict[str, np.ndarray] = {}
-
-    def put(self, name: str, draw: int, start: int, value: torch.Tensor) -> None:
-        value = value.detach().cpu().numpy()
-        if name not in self.arrays:
-            self.arrays[name] = np.empty((self.num_draws, self.n, *value.shape[1:]), value.dtype)
-        self.arrays[name][draw, start : start + len(value)] = value
 
 
 def _check_inputs(guide, x, y, num_samples, mode, weight_sites, chunk_size):
@@ -71,7 +58,7 @@ def to_inference_data(
     threshold: float = vdkl.DEFAULT_THRESHOLD,
     chunk_size: int = 1000,
     include_x: bool = True,
-    method: str = "sparse-vd",
+    method: str | None = None,
     progress: bool = False,
 ):
     """Draw from the fitted model and return an :class:`arviz.InferenceData`.
@@ -91,9 +78,23 @@ def to_inference_data(
     * ``observed_data`` (``y``), ``constant_data`` (``x``, unless ``include_x=False``);
     * ``log_alpha``: every weight site's log alpha with its layer axes named.
 
+    Draws run one at a time (torch's global RNG; seed it with ``pyro.set_rng_seed``), so
+    memory holds one chunk's activations for one draw beside the result.
+
     :param mode: ``"lrt"`` (default), ``"mc"`` or ``"mean"`` (the pruned mean network;
         one draw's worth of predictions per draw, so LOO is degenerate).
+    :param weight_sites: weight sites whose draws go to ``posterior``: under ``"mc"`` the
+        weights the model used for that draw, under ``"lrt"`` (which samples no weight)
+        independent draws from the guide's posterior, under ``"mean"`` the pruned means.
+    :param threshold: pruning threshold on ``log alpha`` (``"mean"`` mode, and the attrs).
+    :param method: the ``method`` attr; default from the guide (``"sparse-vd"``,
+        ``"vd-a"``, ``"vd-b"``, ``"gaussian-dropout"``: see
+        :func:`~vdppl.diagnostics.inference_data.guide_method`).
+    :raises TypeError: for a guide that is not an ``AutoVariationalDropout`` (a MAP
+        point estimate has no posterior draws to compute LOO from).
     """
+    vdid.check_variational_guide(guide, AutoVariationalDropout, "pyro")
+    threshold = vdkl.check_threshold(threshold)
     if weight_sites is None and guide.prototype_trace is not None:
         sizes = {
             name: v.numel() for name, v in guide.median().items() if name in guide.dropout_sites
@@ -103,8 +104,8 @@ def to_inference_data(
     from tqdm.auto import tqdm
 
     latent = {name for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
-    predictive = _Collector(num_samples, len(x))
-    log_lik = _Collector(num_samples, len(x))
+    predictive = vdid.DrawCollector(num_samples, len(x))
+    log_lik = vdid.DrawCollector(num_samples, len(x))
     posterior: dict[str, list[np.ndarray]] = {}
     dims: dict[str, list[str]] = {}
     pruned = guide.pruned_median(threshold) if mode == "mean" else None
@@ -126,29 +127,28 @@ def to_inference_data(
                 _collect_chunk(trace, latent, draw, start, predictive, log_lik, dims)
         for name in sorted(latent - set(guide.dropout_sites)):
             posterior.setdefault(name, []).append(values[name].detach().cpu().numpy())
-        for name in weight_sites:
-            sample = guide.get_posterior(name).sample() if mode != "mean" else values[name]
-            posterior.setdefault(name, []).append(sample.cpu().numpy())
+        for name in weight_sites:  # "lrt" sampled no weight: draw one from the posterior
+            sample = guide.get_posterior(name).sample() if mode == "lrt" else values[name]
+            posterior.setdefault(name, []).append(sample.detach().cpu().numpy())
     log_alpha = {name: v.cpu().numpy() for name, v in guide.log_alpha().items()}
     for name, value in {**log_alpha, **{n: posterior[n][0] for n in weight_sites}}.items():
-        dims[name] = layer_dims(name, value.ndim)
+        dims[name] = vdid.layer_dims(name, value.ndim)
     observed = {name: y.cpu().numpy() for name in log_lik.arrays}
     for name in observed:
-        dims.setdefault(name, ["obs_id", *[f"{name}_dim_{i}" for i in range(y.dim() - 1)]])
+        dims.setdefault(name, vdid.example_dims(name, y.dim()))
     constant = {"x": x.cpu().numpy()} if include_x else None
     if include_x:
-        dims["x"] = ["obs_id", *[f"x_dim_{i}" for i in range(x.dim() - 1)]]
-    attrs = {
-        "backend": "pyro",
-        "inference_library": "pyro",
-        "method": method,
-        "mode": mode,
-        "noise": guide.noise,
-        "kl_approximation": guide.kl_approximation,
-        "threshold": float(threshold),
-        **library_versions("torch", "pyro-ppl"),
-    }
-    return build_inference_data(
+        dims["x"] = vdid.example_dims("x", x.dim())
+    attrs = vdid.converter_attrs(
+        guide,
+        backend="pyro",
+        method=method,
+        mode=mode,
+        threshold=threshold,
+        weight_layout="out_in",
+        libraries=("torch", "pyro-ppl"),
+    )
+    return vdid.build_inference_data(
         posterior={name: np.stack(v) for name, v in posterior.items()},
         posterior_predictive=predictive.arrays,
         log_likelihood=log_lik.arrays,
@@ -161,16 +161,16 @@ def to_inference_data(
 
 
 def _collect_chunk(trace, latent, draw, start, predictive, log_lik, dims):
+    def put(collector, name, value):
+        collector.put(name, draw, start, value.detach().cpu().numpy()[None])
+
     for name, site in trace.nodes.items():
         if site["type"] != "sample" or name in latent:
             continue
         if site["infer"].get("_deterministic"):
-            value = site["value"]
-            predictive.put(name, draw, start, value)
-            extra = ["class"] if value.dim() == 2 else []
-            extra += [f"{name}_dim_{i}" for i in range(len(extra) + 1, value.dim())]
-            dims.setdefault(name, ["obs_id", *extra])
+            put(predictive, name, site["value"])
+            dims.setdefault(name, vdid.example_dims(name, site["value"].dim(), classes=True))
         elif site["is_observed"]:
             fn = site["fn"]
-            log_lik.put(name, draw, start, fn.log_prob(site["value"]))
-            predictive.put(name, draw, start, fn.sample())
+            put(log_lik, name, fn.log_prob(site["value"]))
+            put(predictive, name, fn.sample())
