@@ -2,7 +2,7 @@
 
 :mod:`vdppl.diagnostics.metrics` computes accuracy, NLL, Brier score, calibration errors
 (ECE, MCE), the entropy decomposition into aleatoric and epistemic parts, OOD-detection
-AUROC, RMSE, Gaussian NLL, interval coverage and PIT; :mod:`vdppl.diagnostics.plots`
+AUROC, RMSE, Gaussian NLL, interval coverage, PIT and LOO-PIT; :mod:`vdppl.diagnostics.plots`
 draws reliability diagrams, entropy histograms, log alpha histograms, sparsity bars,
 weight-mask images and training curves (matplotlib is imported only when a plot is
 drawn). Neither imports torch or JAX.
@@ -20,6 +20,7 @@ from vdppl.diagnostics.metrics import (
     entropy_decomposition,
     gaussian_nll,
     interval_coverage,
+    loo_pit,
     nll,
     pit,
     regression_metrics,
@@ -47,6 +48,7 @@ __all__ = [
     "entropy_decomposition",
     "gaussian_nll",
     "interval_coverage",
+    "loo_pit",
     "nll",
     "pit",
     "plot_entropy_histograms",

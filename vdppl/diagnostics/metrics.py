@@ -20,6 +20,10 @@ Every function validates its input (:mod:`vdppl.diagnostics._checks`) and raises
     stochastically larger than the other", Ann. Math. Statist. 18(1).
 [5] Gneiting, Balabdaoui, Raftery (2007) "Probabilistic forecasts, calibration and
     sharpness", JRSS B 69(2) (PIT, interval coverage).
+[6] Vehtari, Gelman, Gabry (2017) "Practical Bayesian model evaluation using leave-one-out
+    cross-validation and WAIC", Statistics and Computing 27, arXiv:1507.04544 (PSIS-LOO).
+[7] Gabry, Simpson, Vehtari, Betancourt, Gelman (2019) "Visualization in Bayesian
+    workflow", JRSS A 182(2), arXiv:1709.01449 (LOO-PIT).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ __all__ = [
     "entropy_decomposition",
     "gaussian_nll",
     "interval_coverage",
+    "loo_pit",
     "nll",
     "pit",
     "regression_metrics",
@@ -367,6 +372,49 @@ def pit(draws: npt.ArrayLike, y: npt.ArrayLike) -> np.ndarray:
     """
     draws, y = _regression_draws(draws, y)
     return np.mean(draws < y, axis=0) + 0.5 * np.mean(draws == y, axis=0)
+
+
+def loo_pit(draws: npt.ArrayLike, y: npt.ArrayLike, log_lik: npt.ArrayLike) -> np.ndarray:
+    """Leave-one-out PIT: each target's PIT under its PSIS-LOO predictive [6, 7].
+
+    :func:`pit` scores each target against draws from a posterior that was fitted to it,
+    which flatters the model; LOO-PIT reweights the draws by Pareto-smoothed importance
+    weights ``w[s, i] ∝ 1 / p(y_i | w_s)`` so that they stand for the posterior without
+    example ``i``. With ``log_lik[s, i] = log p(y_i | w_s)`` (the ``log_likelihood`` group)
+    and ``draws[s, i]`` the predictive draw of the same posterior draw ``s``::
+
+        log_w = arviz.psislw(-log_lik.T, reff=1.0)[0].T     # normalised over draws
+        loo_pit[i] = min(1, sum_s exp(log_w[s, i]) * (draws[s, i] <= y[i]))
+
+    which is :func:`arviz.loo_pit` on these arrays (``reff = 1``: SVI draws are
+    independent). Ties count fully (``<=``), unlike :func:`pit`'s mid-rank. Calibrated
+    predictions give values uniform on ``[0, 1]``. Warns
+    :class:`~vdppl.diagnostics.loo.UnreliableLOOWarning` when some Pareto ``k > 0.7``
+    (the smoothed weights, and so those values, are unreliable).
+
+    >>> import warnings
+    >>> draws, log_lik = [[1.0], [2.0], [3.0], [4.0]], np.log([[1.0], [2.0], [4.0], [8.0]])
+    >>> with warnings.catch_warnings():  # 4 draws are too few to fit a tail: k = inf, it warns
+    ...     warnings.simplefilter("ignore")
+    ...     value = loo_pit(draws, [2.5], log_lik)
+    >>> round(float(value[0]), 12)  # w ∝ 1, 1/2, 1/4, 1/8; (1 + 1/2) / (1 + 1/2 + 1/4 + 1/8)
+    0.8
+    """
+    import warnings
+
+    import arviz as az
+
+    from vdppl.diagnostics.loo import warn_if_unreliable
+
+    draws, y = _regression_draws(draws, y)
+    log_lik = _checks.as_array(log_lik, "log_lik", _DRAWS)
+    _checks.check_same_shape(draws=draws, log_lik=log_lik)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # replaced by warn_if_unreliable's, which says more
+        log_w, k = az.psislw(-log_lik.T, reff=1.0)
+        values = az.loo_pit(y=y, y_hat=draws.T, log_weights=log_w)
+    warn_if_unreliable(np.asarray(k), "loo_pit", "Check calibration with pit on held-out data")
+    return np.asarray(values, dtype=np.float64)
 
 
 def regression_metrics(
