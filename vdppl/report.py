@@ -29,6 +29,7 @@ def _figures(run: Path, config: dict, metrics: dict, history: list[dict]) -> lis
     import matplotlib.pyplot as plt
 
     from vdppl.diagnostics import plots
+    from vdppl.diagnostics.inference_data import keep_mask_out_in
 
     made: list[tuple[str, Path]] = []
 
@@ -83,12 +84,14 @@ def _figures(run: Path, config: dict, metrics: dict, history: list[dict]) -> lis
                 figure_of(plots.plot_log_alpha(log_alpha, threshold=threshold)),
             )
             image_shape = metrics.get("image_shape")
-            first = next(iter(log_alpha.values()))
-            if image_shape and first.ndim == 2 and first.shape[1] == math.prod(image_shape):
+            # the first layer's keep-mask as (out, in): its axes are found by name, so a
+            # torch (out, in) weight and a Flax (in, out) kernel give the same image
+            first = keep_mask_out_in(idata.log_alpha[next(iter(log_alpha))], threshold)
+            if image_shape and first is not None and first.shape[1] == math.prod(image_shape):
                 save(
                     "Input pixels still used by the first layer",
                     "mask.png",
-                    figure_of(plots.plot_weight_mask(first < threshold, tuple(image_shape))),
+                    figure_of(plots.plot_weight_mask(first, tuple(image_shape))),
                 )
         if "logits" in idata.posterior_predictive:
             logits = idata.posterior_predictive["logits"].values[0]
