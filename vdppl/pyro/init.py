@@ -6,11 +6,15 @@ from pyro.infer.autoguide.initialization import init_to_feasible
 
 from vdppl.pyro.distributions import ImproperPriorError, is_log_uniform
 
-__all__ = ["INIT_KEY", "init_to_module"]
+__all__ = ["GROUPS_KEY", "INIT_KEY", "init_to_module"]
 
 #: ``infer`` key under which a model's sample site offers its initial value.
 #: :func:`~vdppl.pyro.bayesianize` stores each layer's current weight there.
 INIT_KEY = "vdppl_init"
+#: ``infer`` key under which a convolution's weight site gives the layer's ``groups``, so
+#: that a guide can tell which input channel each weight of ``(out, in/groups, *kernel)``
+#: reads (``alpha_shape="unit"``, dead-input counts). Absent means 1.
+GROUPS_KEY = "vdppl_groups"
 
 
 def init_to_module(site=None, fallback=init_to_feasible):

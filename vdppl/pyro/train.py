@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyro
@@ -32,22 +31,12 @@ from vdppl.pyro.init import init_to_module
 from vdppl.pyro.models import build
 from vdppl.pyro.nn import _BayesLayer, bayesianize
 from vdppl.pyro.predict import predict
-from vdppl.runs import Config, kl_weight_at, lr_factor_at
+from vdppl.runs import Config, guide_options, kl_weight_at, lr_factor_at
 from vdppl.sparsity import SparsityReport, report_from_masks
 
 __all__ = ["Trainer"]
 
 VD_METHODS = ("sparse-vd", "vd-a", "vd-b", "gaussian-dropout")
-
-
-def _guide_options(config: Config) -> dict[str, Any]:
-    if config.method in ("sparse-vd", "gradreg"):
-        return {"noise": "additive", "init_log_sigma2": config.init_log_sigma2}
-    if config.method == "vd-a":
-        return {"noise": "multiplicative", "alpha_shape": "unit"}
-    if config.method == "vd-b":
-        return {"noise": "multiplicative", "alpha_shape": "weight"}
-    return {"fixed_alpha": config.dropout_p / (1 - config.dropout_p)}
 
 
 class Trainer:
@@ -57,7 +46,9 @@ class Trainer:
         self.config, self.data = config, dataset
         pyro.clear_param_store()
         pyro.set_rng_seed(config.seed)
-        pyro.enable_validation(False)  # inputs are validated once, when the data are loaded
+        # Global on purpose: the Trainer is the CLI's process-wide driver, and the data are
+        # validated once when loaded. Library code uses pyro.validation_enabled(...).
+        pyro.enable_validation(False)
         self.classification = dataset.task == "classification"
         outputs = dataset.num_classes if self.classification else 1
         layers = models.architecture(config.arch, outputs, tuple(config.hidden))
@@ -75,10 +66,10 @@ class Trainer:
             self.guide = AutoDelta(self.model, init_loc_fn=init_to_module)
             self.elbo = Trace_ELBO()
         elif config.method == "gradreg":
-            self.guide = AutoVariationalDropout(self.model, **_guide_options(config))
+            self.guide = AutoVariationalDropout(self.model, **guide_options(config))
             self.elbo = GradientRegularizedELBO()
         else:
-            self.guide = AutoVariationalDropout(self.model, **_guide_options(config))
+            self.guide = AutoVariationalDropout(self.model, **guide_options(config))
             self.elbo = LocalReparamELBO()
         self.optim = pyro.optim.LambdaLR(
             {
@@ -260,10 +251,10 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: Path, **extra) -> None:
-        checkpoint.save(path, optimizer=self.optim, **extra)
+        checkpoint.save(path, module=self.bnn, optimizer=self.optim, **extra)
 
     def load(self, path: Path) -> dict:
-        return checkpoint.load(path, optimizer=self.optim)
+        return checkpoint.load(path, module=self.bnn, optimizer=self.optim)
 
 
 def _bayes_layers(bnn):
