@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import math
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
+    "APPROXIMATIONS",
     "C1",
     "C2",
     "C3",
@@ -39,6 +40,9 @@ __all__ = [
     "K3",
     "KINGMA_CONST",
     "LOG_ALPHA_CLIP",
+    "LRT_EPS",
+    "base_distribution",
+    "check_approximation",
     "check_threshold",
     "clip_log_alpha",
     "keep_mask",
@@ -64,6 +68,16 @@ LOG_ALPHA_CLIP = (-8.0, 8.0)
 DEFAULT_THRESHOLD = 3.0
 #: Guards ``log(theta^2)`` at ``theta = 0`` as [2]'s code does.
 _EPS = 1e-8
+
+#: A torch, JAX or NumPy array; each function returns an array of its argument's library.
+Array = TypeVar("Array")
+#: Added to the variance of a local-reparameterization sample,
+#: ``mean + sqrt(var + LRT_EPS) * eps``, so that the gradient of the square root stays
+#: finite where a variance is exactly zero (a pruned unit, an all-zero input). Both
+#: backends' ``ops`` modules use this one value.
+LRT_EPS = 1e-8
+#: Names of the two KL approximations: [2]'s (any alpha) and [1]'s (alpha <= 1).
+APPROXIMATIONS = ("molchanov", "kingma")
 
 
 def _ops(x: Any) -> SimpleNamespace:
@@ -109,7 +123,7 @@ def _ops(x: Any) -> SimpleNamespace:
     )
 
 
-def neg_kl_molchanov(log_alpha):
+def neg_kl_molchanov(log_alpha: Array) -> Array:
     """Sigmoid approximation of ``-KL`` from [2], valid for every alpha::
 
         -KL ≈ k1 * sigmoid(k2 + k3 * log_alpha) - 0.5 * log1p(1 / alpha) - k1
@@ -120,7 +134,7 @@ def neg_kl_molchanov(log_alpha):
     return -kl_molchanov(log_alpha)
 
 
-def neg_kl_kingma(log_alpha):
+def neg_kl_kingma(log_alpha: Array) -> Array:
     """Cubic approximation of ``-KL`` from [1], valid for ``alpha <= 1`` only::
 
         -KL ≈ const + 0.5 * log_alpha + c1 * alpha + c2 * alpha**2 + c3 * alpha**3
@@ -134,7 +148,7 @@ def neg_kl_kingma(log_alpha):
     return KINGMA_CONST + 0.5 * log_alpha + alpha * (C1 + alpha * (C2 + alpha * C3))
 
 
-def kl_molchanov(log_alpha):
+def kl_molchanov(log_alpha: Array) -> Array:
     """``KL(q || log-uniform)`` per weight by [2]'s approximation, ``-neg_kl_molchanov``.
 
     Uses ``k1 - k1 * sigmoid(z) = k1 * sigmoid(-z)`` and ``log1p(1 / alpha) =
@@ -148,31 +162,40 @@ def kl_molchanov(log_alpha):
     return K1 * ops.sigmoid(-K2 - K3 * log_alpha) + 0.5 * ops.softplus(-log_alpha)
 
 
-def kl_kingma(log_alpha):
+def kl_kingma(log_alpha: Array) -> Array:
     """``KL(q || log-uniform)`` per weight by [1]'s approximation (``-neg_kl_kingma``)."""
     return -neg_kl_kingma(log_alpha)
 
 
-def kl_log_uniform(log_alpha, approximation: str = "molchanov"):
+def check_approximation(approximation: Any) -> str:
+    """Validate the name of a KL approximation (one of :data:`APPROXIMATIONS`); return it.
+
+    >>> check_approximation("kingma")
+    'kingma'
+    """
+    if approximation not in APPROXIMATIONS:
+        raise ValueError(
+            f"Unknown KL approximation {approximation!r}; expected 'molchanov' (any alpha) "
+            "or 'kingma' (alpha <= 1)."
+        )
+    return approximation
+
+
+def kl_log_uniform(log_alpha: Array, approximation: str = "molchanov") -> Array:
     """KL per weight by the named approximation, ``"molchanov"`` or ``"kingma"``."""
-    if approximation == "molchanov":
+    if check_approximation(approximation) == "molchanov":
         return kl_molchanov(log_alpha)
-    if approximation == "kingma":
-        return kl_kingma(log_alpha)
-    raise ValueError(
-        f"Unknown KL approximation {approximation!r}; expected 'molchanov' (any alpha) "
-        "or 'kingma' (alpha <= 1)."
-    )
+    return kl_kingma(log_alpha)
 
 
-def clip_log_alpha(log_alpha, low: float | None = None, high: float | None = None):
+def clip_log_alpha(log_alpha: Array, low: float | None = None, high: float | None = None) -> Array:
     """Clip ``log_alpha`` to ``[low, high]``, by default [2]'s ``[-8, 8]``."""
     low = LOG_ALPHA_CLIP[0] if low is None else low
     high = LOG_ALPHA_CLIP[1] if high is None else high
     return _ops(log_alpha).clip(log_alpha, low, high)
 
 
-def log_alpha_from_sigma2(theta, log_sigma2, clip: bool = True):
+def log_alpha_from_sigma2(theta: Array, log_sigma2: Array, clip: bool = True) -> Array:
     """Additive-noise reparameterization of [2], eq. (15)::
 
         log_alpha = log_sigma2 - log(theta**2 + 1e-8)
@@ -201,6 +224,21 @@ def check_threshold(threshold: float) -> float:
     return value
 
 
-def keep_mask(log_alpha, threshold: float = DEFAULT_THRESHOLD):
+def keep_mask(log_alpha: Array, threshold: float = DEFAULT_THRESHOLD) -> Array:
     """Boolean mask of the weights kept by [2]'s rule: ``log_alpha < threshold``."""
     return log_alpha < check_threshold(threshold)
+
+
+def base_distribution(fn: Any, wrappers: tuple[type, ...]) -> Any:
+    """``fn`` with the wrappers of types ``wrappers`` peeled off (each has ``base_dist``).
+
+    Each backend passes the wrappers that change neither values nor the family of its
+    distributions (``Independent``, NumPyro's ``MaskedDistribution``), so that
+    ``isinstance(base_distribution(fn, wrappers), LogUniform)`` says whether a site's
+    prior is log-uniform, whatever ``.to_event()`` / ``.mask()`` the model added. Never
+    pass a transforming wrapper (``TransformedDistribution``): its values differ from
+    its base's.
+    """
+    while isinstance(fn, wrappers):
+        fn = fn.base_dist
+    return fn

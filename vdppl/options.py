@@ -7,6 +7,7 @@ one wording and one rule for both.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 from vdppl import kl as vdkl
@@ -14,21 +15,30 @@ from vdppl import kl as vdkl
 __all__ = [
     "ALPHA_SHAPES",
     "INIT_LOG_SIGMA2_RANGE",
+    "LOG_ALPHA_INIT_MARGIN",
     "NOISE_MODES",
     "alpha_param_shape",
     "check_guide_options",
     "check_kl_weight",
     "kl_approximation",
+    "log_alpha_init_bounds",
     "unused_sites_message",
 ]
 
 NOISE_MODES = ("additive", "multiplicative")
 ALPHA_SHAPES = ("weight", "unit", "layer")
 INIT_LOG_SIGMA2_RANGE = (-30.0, 5.0)
+#: A learned multiplicative ``log alpha`` starts at least this fraction of its interval
+#: ``(-8, max_log_alpha)`` inside the ends, where the interval's logit is still moderate.
+LOG_ALPHA_INIT_MARGIN = 0.01
 
 
 def _is_number(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A real Python or NumPy number (``1``, ``0.5``, ``np.float32(0.5)``), not a bool.
+
+    (``numbers.Real`` covers NumPy's scalars; ``np.bool_`` is not one.)
+    """
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def check_kl_weight(beta: Any) -> float:
@@ -57,7 +67,11 @@ def check_guide_options(
 
     Returns ``(noise, fixed_alpha, max_log_alpha)`` normalised: ``noise=None`` means
     multiplicative when ``fixed_alpha`` is given, else additive; ``max_log_alpha=None``
-    means the clip's upper end, 8.
+    means the clip's upper end, 8. Options that would be silently ignored are errors:
+    ``alpha_shape`` with ``fixed_alpha`` (one frozen rate for every weight), and a
+    ``max_log_alpha`` other than its default ``0.0`` or ``None`` with additive noise
+    (alpha unbounded by design) or with ``fixed_alpha`` (nothing learned to bound).
+    Numbers may be Python or NumPy scalars.
     """
     if noise is None:
         noise = "multiplicative" if fixed_alpha is not None else "additive"
@@ -75,6 +89,12 @@ def check_guide_options(
             "fixed_alpha is Gaussian dropout, which is multiplicative noise; "
             "use noise='multiplicative' (or leave noise unset)."
         )
+    if fixed_alpha is not None and alpha_shape != "weight":
+        raise ValueError(
+            f"alpha_shape={alpha_shape!r} has no effect with fixed_alpha: Gaussian dropout "
+            "freezes one rate for every weight. Drop alpha_shape, or drop fixed_alpha to "
+            "learn rates of that shape."
+        )
     if fixed_alpha is not None and not (
         _is_number(fixed_alpha) and math.isfinite(fixed_alpha) and fixed_alpha > 0
     ):
@@ -90,6 +110,17 @@ def check_guide_options(
             f"max_log_alpha must be in (-8, 8] or None, got {max_log_alpha!r}; 0.0 bounds "
             "alpha by 1 as in Kingma et al. (2015)."
         )
+    if max_log_alpha not in (None, 0.0) and (noise == "additive" or fixed_alpha is not None):
+        what = (
+            "additive noise (sparse VD) leaves alpha unbounded by design"
+            if noise == "additive"
+            else "fixed_alpha freezes alpha, so there is nothing to bound"
+        )
+        raise ValueError(
+            f"max_log_alpha={max_log_alpha!r} bounds a learned multiplicative alpha, but "
+            f"{what}. Leave max_log_alpha unset, or use noise='multiplicative' without "
+            "fixed_alpha."
+        )
     low, high = INIT_LOG_SIGMA2_RANGE
     if not (_is_number(init_log_sigma2) and low <= init_log_sigma2 <= high):
         raise ValueError(
@@ -97,8 +128,11 @@ def check_guide_options(
             "Below, the noise is lost to float32 rounding of the weights; above, every "
             "weight starts as noise. Molchanov et al. (2017) use -10."
         )
-    if not (isinstance(init_scale, float) and init_scale > 0):
-        raise ValueError(f"Expected init_scale > 0. but got {init_scale!r}")
+    if not (_is_number(init_scale) and math.isfinite(init_scale) and init_scale > 0):
+        raise ValueError(
+            f"Expected init_scale > 0 and finite but got {init_scale!r}: it is the initial "
+            "standard deviation of the Normal guide of the sites without a LogUniform prior."
+        )
     fixed = None if fixed_alpha is None else float(fixed_alpha)
     return noise, fixed, vdkl.LOG_ALPHA_CLIP[1] if max_log_alpha is None else float(max_log_alpha)
 
@@ -107,6 +141,25 @@ def kl_approximation(noise: str, fixed_alpha: float | None, max_log_alpha: float
     """``"kingma"`` when multiplicative noise keeps alpha <= 1, else ``"molchanov"``."""
     bound = math.log(fixed_alpha) if fixed_alpha is not None else max_log_alpha
     return "kingma" if noise == "multiplicative" and bound <= 0 else "molchanov"
+
+
+def log_alpha_init_bounds(max_log_alpha: float) -> tuple[float, float]:
+    """Where a learned multiplicative ``log alpha`` may start inside ``(-8, max_log_alpha)``.
+
+    The guides constrain it to that open interval (``-8 + width * sigmoid(u)``), whose
+    ends are at ``u = -inf`` and ``+inf``; the initial value is clipped to::
+
+        (-8 + margin * width, max_log_alpha - margin * width),   width = max_log_alpha + 8
+
+    with ``margin = 0.01``, so ``|u| <= logit(0.99) ≈ 4.6`` and ``d log_alpha / du`` starts
+    at no less than 4 % of its value at the centre.
+
+    >>> log_alpha_init_bounds(0.0)
+    (-7.92, -0.08)
+    """
+    low = vdkl.LOG_ALPHA_CLIP[0]
+    inset = LOG_ALPHA_INIT_MARGIN * (max_log_alpha - low)
+    return low + inset, max_log_alpha - inset
 
 
 def alpha_param_shape(shape: tuple[int, ...], alpha_shape: str, unit_axis: int) -> tuple[int, ...]:

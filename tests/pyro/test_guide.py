@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -135,17 +136,40 @@ def test_kl_is_analytic_for_dropout_sites():
     )
 
 
-def test_kl_weight_scales_only_the_kl():
+def dense_regression(deterministic=False):
+    """A 3-2 Bayesian linear layer with a Normal likelihood, its guide (set up) and data."""
     bnn = vd.bayesianize(torch.nn.Linear(3, 2))
     x, y = torch.randn(4, 3), torch.randn(4, 2)
 
     def model(x, y):
         out = bnn(x)
+        if deterministic:
+            out = pyro.deterministic("out", out)
         with pyro.plate("data", 4):
             pyro.sample("y", dist.Normal(out, 1.0).to_event(1), obs=y)
 
     guide = vd.AutoVariationalDropout(model)
     guide(x, y)
+    return model, guide, x, y
+
+
+def test_deterministic_sites_are_not_scored(monkeypatch):
+    # pyro.deterministic records a masked Delta that counts as observed; its log density
+    # is 0, so the ELBO skips it instead of computing it.
+    model, guide, x, y = dense_regression(deterministic=True)
+    pyro.set_rng_seed(1)
+    expected = vd.LocalReparamELBO().loss(model, guide, x, y)
+
+    def forbidden(self, value):
+        raise AssertionError("the log density of a pyro.deterministic site was computed")
+
+    monkeypatch.setattr(dist.Delta, "log_prob", forbidden)
+    pyro.set_rng_seed(1)
+    assert vd.LocalReparamELBO().loss(model, guide, x, y) == expected
+
+
+def test_kl_weight_scales_only_the_kl():
+    model, guide, x, y = dense_regression()
     pyro.set_rng_seed(1)
     full = vd.LocalReparamELBO().loss(model, guide, x, y)
     pyro.set_rng_seed(1)
@@ -177,6 +201,11 @@ def test_trains_with_svi():
         ({"init_log_sigma2": 10.0}, "init_log_sigma2 must be a number in"),
         ({"init_log_sigma2": -100.0}, "init_log_sigma2 must be a number in"),
         ({"init_scale": 0.0}, "Expected init_scale > 0"),
+        ({"init_scale": float("inf")}, "Expected init_scale > 0 and finite"),
+        ({"init_scale": True}, "Expected init_scale > 0"),
+        ({"fixed_alpha": 0.5, "alpha_shape": "unit"}, "has no effect with fixed_alpha"),
+        ({"max_log_alpha": 2.0}, "additive noise .* leaves alpha unbounded"),
+        ({"fixed_alpha": 0.5, "max_log_alpha": -1.0}, "fixed_alpha freezes alpha"),
     ],
     ids=str,
 )
@@ -184,6 +213,102 @@ def test_bad_options(options, match):
     _, model = make_model()
     with pytest.raises(ValueError, match=match):
         vd.AutoVariationalDropout(model, **options)
+
+
+def test_numbers_of_any_real_type_are_accepted():
+    _, model = make_model()
+    guide = vd.AutoVariationalDropout(
+        model,
+        noise="multiplicative",
+        max_log_alpha=np.float32(-0.5),
+        init_log_sigma2=np.int64(-8),
+        init_scale=1,
+    )
+    assert guide.max_log_alpha == -0.5 and guide.init_log_sigma2 == -8.0
+    assert vd.AutoVariationalDropout(model, fixed_alpha=np.float64(0.25)).fixed_alpha == 0.25
+    # the defaults (0.0) and None mean "no bound to set" for additive noise and fixed alpha
+    vd.AutoVariationalDropout(model, max_log_alpha=None)
+    vd.AutoVariationalDropout(model, fixed_alpha=1.0, max_log_alpha=None)
+
+
+def regression(n=200):
+    """y = x @ (1, -2, 0.5) + N(0, 0.1^2): data that want a small dropout rate."""
+    net = torch.nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([[1.0, -2.0, 0.5]]))
+    bnn = vd.bayesianize(net)
+    x = torch.randn(n, 3)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(n)
+
+    def model(x, y=None):
+        out = bnn(x).squeeze(-1)
+        if y is not None:
+            with pyro.plate("data", len(x)):
+                pyro.sample("y", dist.Normal(out, 0.1), obs=y)
+
+    return model, x, y
+
+
+LOG_ALPHA = "AutoVariationalDropout.log_alpha_param.weight"
+
+
+def test_bounded_log_alpha_has_the_gradient_of_its_interval_near_the_bound():
+    # log_alpha = -8 + 8 * sigmoid(u) on (-8, 0), so d/du = (log_alpha + 8) * (0 - log_alpha) / 8:
+    # small near the bound but not 0, unlike a clamp's. Without data the loss is the KL of
+    # the 3 weights, 3 * kl_kingma(log_alpha), whose derivative is written out here.
+    model, x, _ = regression()
+    guide = vd.AutoVariationalDropout(model, noise="multiplicative", alpha_shape="layer")
+    guide(x)
+    assert guide.log_alpha()["weight"].max() < 0  # the initial value is inside the interval
+    for la in (-1e-2, -1.0):
+        pyro.get_param_store()[LOG_ALPHA] = torch.full((1, 1), la)
+        loss = vd.LocalReparamELBO().differentiable_loss(model, guide, x)
+        la = pyro.param(LOG_ALPHA).item()  # as float32 stores it
+        u = pyro.param(LOG_ALPHA).unconstrained()  # the leaf the guide used
+        (grad,) = torch.autograd.grad(loss, [u])
+        a = math.exp(la)
+        dkl = -(0.5 + vdkl.C1 * a + 2 * vdkl.C2 * a**2 + 3 * vdkl.C3 * a**3)
+        expected = 3 * dkl * (la + 8) * (0 - la) / 8
+        assert grad.item() != 0
+        assert grad.item() == pytest.approx(expected, rel=1e-4)  # float32 rounding
+
+
+def test_log_alpha_comes_back_from_the_bound():
+    # The KL alone pushes alpha up to its bound (alpha = 1); a clamp would then have a zero
+    # gradient and alpha would stay there. Here the data bring it back down.
+    model, x, y = regression()
+    guide = vd.AutoVariationalDropout(model, noise="multiplicative", alpha_shape="layer")
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), vd.LocalReparamELBO())
+    for _ in range(150):
+        svi.step(x)  # no data: KL only
+    at_bound = guide.log_alpha()["weight"].max().item()
+    assert -0.1 < at_bound < 0  # alpha above 0.9
+    for _ in range(150):
+        svi.step(x, y)
+    # the data (noise sd 0.1 on 200 points) want alpha far below 1
+    assert guide.log_alpha()["weight"].max().item() < -2
+
+
+def test_unit_alpha_of_a_grouped_conv_is_one_per_input_channel():
+    conv = torch.nn.Conv2d(4, 6, 3, groups=2)  # weight (6, 2, 3, 3): 3 outputs per group
+    bnn = vd.bayesianize(conv)
+    guide = vd.AutoVariationalDropout(
+        lambda x: bnn(x), noise="multiplicative", alpha_shape="unit", init_log_sigma2=-12.0
+    )
+    guide(torch.randn(1, 4, 5, 5))
+    assert guide.groups == {"weight": 2}
+    # weight [o, j] reads input channel (o // 3) * 2 + j; each channel's initial rate is the
+    # mean over its weights of init_log_sigma2 - log(theta**2 + 1e-8)
+    theta = conv.weight.detach()
+    channel = torch.tensor([[(o // 3) * 2 + j for j in range(2)] for o in range(6)])
+    per_weight = -12.0 - torch.log(theta**2 + 1e-8)
+    init = torch.stack([per_weight[channel == c].mean() for c in range(4)])
+    assert pyro.param(LOG_ALPHA).shape == (2, 1, 2, 1, 1)
+    assert_close(pyro.param(LOG_ALPHA).reshape(4), init.clamp(-7.92, -0.08), atol=1e-5)
+    values = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    pyro.get_param_store()[LOG_ALPHA] = values.reshape(2, 1, 2, 1, 1)
+    expected = values[channel][:, :, None, None].expand(6, 2, 3, 3)
+    assert_close(guide.log_alpha()["weight"], expected, atol=1e-6)
 
 
 def test_bad_threshold():

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -7,6 +8,7 @@ from pyro import poutine
 from torch import nn
 
 import vdppl.pyro as vd
+from vdppl.sparsity import report_from_masks
 
 from .conftest import assert_close
 
@@ -42,6 +44,24 @@ def test_report_counts():
     assert report.compression == pytest.approx(35 / 24)
     assert report.to_dict()["kept_weights"] == 24
     assert "0.weight" in str(report) and "total" in str(report)
+
+
+def test_dead_inputs_of_a_grouped_conv_are_counted_per_channel():
+    # weight (6, 2, 3, 3), groups 2: outputs 0-2 read input channels 0-1, outputs 3-5
+    # read channels 2-3; column j of the weight is channel j in group 0, 2 + j in group 1
+    bnn, guide = setup(nn.Conv2d(4, 6, 3, groups=2), torch.randn(1, 4, 5, 5))
+    prune(guide, "weight", (slice(0, 3), 0))  # channel 0 loses every outgoing weight
+    prune(guide, "weight", (slice(3, 6), 1))  # channel 3 too
+    prune(guide, "weight", (slice(0, 2), 1))  # channel 1 keeps output 2's; outputs 0, 1 die
+    (layer,) = vd.sparsity_report(guide).layers
+    # pooling columns across groups would find no dead input (each column lives somewhere)
+    assert (layer.dead_inputs, layer.dead_outputs) == (2, 2)
+    assert guide.groups == {"weight": 2}
+
+
+def test_groups_must_divide_the_outputs():
+    with pytest.raises(ValueError, match="must be a multiple of groups"):
+        report_from_masks({"w": np.ones((6, 2, 3, 3), bool)}, 3.0, groups={"w": 4})
 
 
 def test_everything_pruned_is_infinite_compression():

@@ -9,10 +9,13 @@
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
+import random
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from operator import attrgetter
 from typing import NamedTuple
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -24,9 +27,14 @@ from pyro.nn import PyroModule, PyroParam
 from torch.distributions import biject_to
 
 from vdppl import kl as vdkl
-from vdppl.options import alpha_param_shape, check_guide_options, kl_approximation
+from vdppl.options import (
+    alpha_param_shape,
+    check_guide_options,
+    kl_approximation,
+    log_alpha_init_bounds,
+)
 from vdppl.pyro.distributions import DropoutNormal, is_log_uniform
-from vdppl.pyro.init import init_to_module
+from vdppl.pyro.init import GROUPS_KEY, init_to_module
 from vdppl.pyro.local_reparam_messenger import LRT_FLAG
 
 __all__ = ["AutoVariationalDropout"]
@@ -39,6 +47,25 @@ class _Site(NamedTuple):
     variational_dropout: bool
     local_reparam: bool
     transform: object
+    groups: int = 1
+
+
+@contextmanager
+def _random_state_untouched() -> Iterator[None]:
+    """Run a block without consuming torch's, NumPy's or Python's global random numbers."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def _grouped(shape: torch.Size, groups: int) -> tuple[int, ...]:
+    """A conv weight ``(out, in/groups, *kernel)`` viewed as ``(groups, out/groups, in/groups,
+    *kernel)``: entry ``[g, o, j]`` connects input channel ``g * in/groups + j``."""
+    return (groups, shape[0] // groups, *shape[1:])
 
 
 class AutoVariationalDropout(AutoGuide):
@@ -53,15 +80,23 @@ class AutoVariationalDropout(AutoGuide):
       pruned (:meth:`mask`).
     * ``noise="multiplicative"`` (variational dropout [1]): parameters ``theta`` and
       ``log_alpha`` (shape set by ``alpha_shape``); ``sigma^2 = alpha * theta**2``;
-      ``log_alpha`` clipped to ``[-8, max_log_alpha]``. With ``max_log_alpha <= 0``
-      (alpha <= 1, the default) the KL uses [1]'s cubic fit, otherwise [2]'s.
+      ``log_alpha`` is a :class:`~pyro.nn.PyroParam` constrained to the interval
+      ``(-8, max_log_alpha)``, i.e. ``log_alpha = -8 + (max_log_alpha + 8) * sigmoid(u)``
+      with ``u`` unconstrained. Unlike a clamp, whose gradient is exactly 0 once the
+      optimizer steps past the bound (so alpha would freeze there), the gradient only
+      shrinks near the bound, and alpha can come back down when the data ask for it.
+      With ``max_log_alpha <= 0`` (alpha <= 1, the default) the KL uses [1]'s cubic fit,
+      otherwise [2]'s.
     * ``fixed_alpha=a``: Gaussian dropout with the rate frozen, ``p = a / (1 + a)``
-      (multiplicative noise; only ``theta`` is learned).
+      (multiplicative noise; only ``theta`` is learned; ``alpha_shape`` and
+      ``max_log_alpha`` must be left at their defaults).
 
     ``alpha_shape`` (multiplicative noise only): ``"weight"`` (variational dropout B, one
-    rate per weight), ``"unit"`` (one rate per input unit: axis 1 of an
-    ``(out, in, *kernel)`` weight, Gaussian dropout of the layer's inputs as in variational
-    dropout A; the noise stays independent per weight, which is what the local
+    rate per weight), ``"unit"`` (one rate per input unit of the layer, Gaussian dropout of
+    its inputs as in variational dropout A: axis 1 of an ``(out, in, *kernel)`` weight;
+    for a grouped convolution, whose weight is ``(out, in/groups, *kernel)``, a parameter
+    of shape ``(groups, 1, in/groups, 1, ...)`` so that each of the ``in`` input channels
+    has its own rate; the noise stays independent per weight, which is what the local
     reparameterization of a factorized posterior samples), ``"layer"`` (one rate).
 
     Means start from each site's initial value (:func:`~vdppl.pyro.init_to_module`: the
@@ -82,8 +117,9 @@ class AutoVariationalDropout(AutoGuide):
         multiplicative when ``fixed_alpha`` is given.
     :param str alpha_shape: ``"weight"``, ``"unit"`` or ``"layer"``.
     :param float fixed_alpha: freeze alpha at this value (Gaussian dropout).
-    :param float max_log_alpha: upper clip of ``log alpha`` in multiplicative mode
-        (``0.0``: alpha <= 1); ``None`` leaves it at 8.
+    :param float max_log_alpha: upper bound of a learned ``log alpha`` in multiplicative
+        mode (``0.0``: alpha <= 1); ``None`` leaves it at 8. Additive noise and
+        ``fixed_alpha`` have no bound to set: leave it at ``0.0`` or ``None``.
     :param float init_log_sigma2: initial ``log sigma^2``, in ``[-30, 5]``.
     :param callable init_loc_fn: per-site initial values; default
         :func:`~vdppl.pyro.init_to_module`.
@@ -128,7 +164,10 @@ class AutoVariationalDropout(AutoGuide):
         return kl_approximation(self.noise, self.fixed_alpha, self.max_log_alpha)
 
     def _setup_prototype(self, *args, **kwargs):
-        super()._setup_prototype(*args, **kwargs)
+        # The prototype run of the model draws no random numbers that training would see
+        # (e.g. nn.Dropout's), so a guide set up after vdppl.pyro.load resumes exactly.
+        with _random_state_untouched():
+            super()._setup_prototype(*args, **kwargs)
         self.theta = PyroModule()
         self.log_sigma2 = PyroModule()
         self.log_alpha_param = PyroModule()
@@ -159,20 +198,26 @@ class AutoVariationalDropout(AutoGuide):
         if not torch.isfinite(theta).all():
             raise ValueError(f"the initial value of site {name!r} has NaN or inf entries")
         event_dim = site["fn"].event_dim
+        groups = int(site["infer"].get(GROUPS_KEY, 1))
         deep_setattr(self.theta, name, PyroParam(theta, constraints.real, event_dim))
         if self.noise == "additive":
             log_sigma2 = torch.full_like(theta, self.init_log_sigma2)
             deep_setattr(self.log_sigma2, name, PyroParam(log_sigma2, constraints.real, event_dim))
         elif self.fixed_alpha is None:
             per_weight = self.init_log_sigma2 - torch.log(theta.pow(2) + 1e-8)
-            shape = alpha_param_shape(tuple(theta.shape), self.alpha_shape, unit_axis=1)
-            dims = [i for i, (a, b) in enumerate(zip(shape, theta.shape, strict=False)) if a != b]
+            if self.alpha_shape == "unit" and groups > 1:
+                per_weight = per_weight.reshape(_grouped(theta.shape, groups))
+                shape = (groups, 1, *alpha_param_shape(tuple(theta.shape), "unit", 1)[1:])
+            else:
+                shape = alpha_param_shape(tuple(theta.shape), self.alpha_shape, unit_axis=1)
+            pairs = zip(shape, per_weight.shape, strict=True)
+            dims = [i for i, (a, b) in enumerate(pairs) if a != b]
             log_alpha = per_weight.mean(dim=dims, keepdim=True) if dims else per_weight
-            log_alpha = log_alpha.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
-            deep_setattr(self.log_alpha_param, name, PyroParam(log_alpha, constraints.real))
-        self._sites.append(
-            _Site(name, frames, event_dim, True, bool(site["infer"].get(LRT_FLAG)), None)
-        )
+            log_alpha = log_alpha.clamp(*log_alpha_init_bounds(self.max_log_alpha))
+            bounds = constraints.interval(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
+            deep_setattr(self.log_alpha_param, name, PyroParam(log_alpha, bounds))
+        lrt = bool(site["infer"].get(LRT_FLAG))
+        self._sites.append(_Site(name, frames, event_dim, True, lrt, None, groups))
 
     def _setup_normal_site(self, name, site, frames):
         transform = biject_to(site["fn"].support)
@@ -205,8 +250,10 @@ class AutoVariationalDropout(AutoGuide):
             log_alpha = vdkl.log_alpha_from_sigma2(theta, log_sigma2)
             return theta, log_alpha, torch.exp(log_sigma2)
         if self.fixed_alpha is None:
-            raw = attrgetter(name)(self.log_alpha_param)
-            log_alpha = raw.clamp(vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
+            log_alpha = attrgetter(name)(self.log_alpha_param)  # in (-8, max_log_alpha)
+            if log_alpha.dim() > theta.dim():  # "unit" rates of a grouped convolution
+                groups = log_alpha.shape[0]
+                log_alpha = log_alpha.expand(_grouped(theta.shape, groups)).reshape(theta.shape)
         else:
             log_alpha = theta.new_full((1,) * theta.dim(), math.log(self.fixed_alpha))
         return theta, log_alpha, torch.exp(log_alpha) * theta * theta
@@ -259,45 +306,62 @@ class AutoVariationalDropout(AutoGuide):
                 "(svi.step(...) does) before asking for its summaries."
             )
 
+    def _summary_context(self):
+        """Read parameters from Pyro's param store, as a call of the guide does.
+
+        Outside a call a PyroModule reads its own copy of each parameter, which is stale
+        once the store is replaced (``vdppl.pyro.load``, ``pyro.get_param_store()
+        .set_state``); summaries must describe the parameters that training would use.
+        """
+        self._require_setup()
+        return self._pyro_context
+
     @property
     def dropout_sites(self) -> list[str]:
         """Names of the sites with a log-uniform prior, in model order."""
         self._require_setup()
         return [s.name for s in self._sites if s.variational_dropout]
 
+    @property
+    def groups(self) -> dict[str, int]:
+        """``groups`` of each dropout site's layer (a grouped convolution's; else 1)."""
+        self._require_setup()
+        return {s.name: s.groups for s in self._sites if s.variational_dropout}
+
     @torch.no_grad()
     def median(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior median of each latent site (``theta`` for dropout sites)."""
-        self._require_setup()
         out = {}
-        for site in self._sites:
-            if site.variational_dropout:
-                out[site.name] = attrgetter(site.name)(self.theta).detach().clone()
-            else:
-                loc = attrgetter(site.name)(self.locs).detach()
-                out[site.name] = loc.clone() if site.transform is None else site.transform(loc)
+        with self._summary_context():
+            for site in self._sites:
+                if site.variational_dropout:
+                    out[site.name] = attrgetter(site.name)(self.theta).detach().clone()
+                else:
+                    loc = attrgetter(site.name)(self.locs).detach()
+                    out[site.name] = loc.clone() if site.transform is None else site.transform(loc)
         return out
 
     @torch.no_grad()
     def quantiles(self, quantiles, *args, **kwargs) -> dict[str, torch.Tensor]:
         """Posterior quantiles of each latent site, stacked along a new leading dim."""
-        self._require_setup()
         out = {}
-        for site in self._sites:
-            fn = self.get_posterior(site.name)
-            q = torch.as_tensor(quantiles, dtype=fn.loc.dtype).reshape((-1,) + (1,) * fn.loc.dim())
-            values = dist.Normal(fn.loc, fn.scale).icdf(q)
-            out[site.name] = values if site.transform is None else site.transform(values)
+        with self._summary_context():
+            for site in self._sites:
+                fn = self.get_posterior(site.name)
+                shape = (-1,) + (1,) * fn.loc.dim()
+                q = torch.as_tensor(quantiles, dtype=fn.loc.dtype).reshape(shape)
+                values = dist.Normal(fn.loc, fn.scale).icdf(q)
+                out[site.name] = values if site.transform is None else site.transform(values)
         return out
 
     @torch.no_grad()
     def log_alpha(self) -> dict[str, torch.Tensor]:
         """``log alpha`` of every dropout site, broadcast to the weight's shape."""
-        self._require_setup()
         out = {}
-        for name in self.dropout_sites:
-            theta, log_alpha, _ = self._log_alpha_and_variance(name)
-            out[name] = log_alpha.detach().expand(theta.shape).clone()
+        with self._summary_context():
+            for name in self.dropout_sites:
+                theta, log_alpha, _ = self._log_alpha_and_variance(name)
+                out[name] = log_alpha.detach().expand(theta.shape).clone()
         return out
 
     @torch.no_grad()

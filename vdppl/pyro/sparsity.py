@@ -53,12 +53,13 @@ def sparsity_report(guide, threshold: float = vdkl.DEFAULT_THRESHOLD) -> Sparsit
     """Kept/total weights per layer, overall ``|W| / |W != 0|`` and dead units.
 
     Weights with ``log alpha >= threshold`` count as pruned (``log alpha > 3`` in [2]).
+    A grouped convolution's input channels are counted per group (``guide.groups``).
     ``str(report)`` is a table; ``report.to_dict()`` is JSON-ready.
 
     :param guide: a fitted :class:`~vdppl.pyro.AutoVariationalDropout`.
     """
     masks = {name: m.cpu().numpy() for name, m in guide.mask(threshold).items()}
-    return report_from_masks(masks, threshold)
+    return report_from_masks(masks, threshold, groups=guide.groups)
 
 
 def _copy_point_estimates(module: nn.Module, plain: nn.Module) -> None:
