@@ -8,12 +8,34 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _fsync_file(path: str) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable; a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where a directory cannot be opened for fsync
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically.
 
     The temporary file lives in the destination's directory, so ``os.replace`` is a rename
     on the same file system: a reader sees the old file or the new one, never a partial
-    one, and an exception in ``write`` leaves any existing ``path`` untouched.
+    one, and an exception in ``write`` leaves any existing ``path`` untouched. The
+    temporary file is flushed to disk (``fsync``) before the rename and the directory
+    after it, so that a crash or power loss right after the call cannot leave ``path``
+    empty or pointing at the old file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,8 +43,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        _fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _fsync_directory(path.parent)
     return path

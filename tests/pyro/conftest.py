@@ -1,16 +1,6 @@
-import pyro
-import pytest
+"""Helpers of the Pyro tests (``fresh_pyro``, autouse, lives in ``tests/conftest.py``)."""
+
 import torch
-
-
-@pytest.fixture(autouse=True)
-def fresh_pyro():
-    """Each test starts with an empty param store, validation on and a fixed seed."""
-    pyro.clear_param_store()
-    pyro.enable_validation(True)
-    pyro.set_rng_seed(0)
-    yield
-    pyro.clear_param_store()
 
 
 def assert_close(actual, expected, atol=1e-6, rtol=1e-5, msg=""):

@@ -21,7 +21,9 @@ def load_example():
 
 
 def test_sparse_vd_on_digits():
-    result = load_example().train(quiet=True)  # seed 0, 60 epochs, warm-up 30
+    threads = torch.get_num_threads()
+    result = load_example().train(quiet=True)  # seed 0, 60 epochs, warm-up 30, 1 thread
+    assert torch.get_num_threads() == threads  # the example restores torch's setting
     assert result["accuracy_pruned_mean"] >= 0.95
     assert result["compression"] >= 10
     assert result["train_seconds"] < 60

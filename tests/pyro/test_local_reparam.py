@@ -27,22 +27,56 @@ LAYERS = {
 }
 
 
-def fitted_layer(make):
-    """A one-layer bayesianized module and a guide with random theta and sigma."""
+#: Guide options: sparse VD, learned multiplicative rates per weight and per input unit,
+#: and Gaussian dropout with a fixed rate.
+NOISE = {
+    "additive": {},
+    "multiplicative-weight": {"noise": "multiplicative"},
+    "multiplicative-unit": {"noise": "multiplicative", "alpha_shape": "unit"},
+    "fixed-alpha": {"fixed_alpha": 0.3},
+}
+
+
+def input_channel(shape, groups):
+    """Input channel read by each weight of ``(out, in/groups, *kernel)``, as a tensor."""
+    out, per_group = shape[0], shape[1]
+    o = torch.arange(out).reshape(-1, 1)
+    j = torch.arange(per_group).reshape(1, -1)
+    return ((o // (out // groups)) * per_group + j).reshape(
+        out, per_group, *(1,) * (len(shape) - 2)
+    )
+
+
+def fitted_layer(make, noise="additive"):
+    """A one-layer bayesianized module and a guide with random theta and dropout rates.
+
+    Returns ``theta`` and the weight variance ``sigma2`` computed here from the
+    parameters: ``exp(log_sigma2)`` (additive), ``alpha * theta**2`` (multiplicative and
+    fixed alpha), with "unit" rates laid out over the layer's input channels.
+    """
     bnn = vd.bayesianize(make())
 
     def model(x):
         return bnn(x)
 
-    guide = vd.AutoVariationalDropout(model)
+    guide = vd.AutoVariationalDropout(model, **NOISE[noise])
     x0 = torch.randn(LAYERS_BY_FN[make][1])
     guide(x0)
     store = pyro.get_param_store()
-    theta = store["AutoVariationalDropout.theta.weight"]
-    log_sigma2 = store["AutoVariationalDropout.log_sigma2.weight"]
-    with torch.no_grad():
-        log_sigma2.copy_(torch.empty_like(log_sigma2).uniform_(-5, 0))
-    return bnn, model, guide, theta.detach(), log_sigma2.detach().exp()
+    theta = store["AutoVariationalDropout.theta.weight"].detach()
+    if noise == "additive":
+        name = "AutoVariationalDropout.log_sigma2.weight"
+        store[name] = torch.empty_like(store[name]).uniform_(-5, 0)
+        return bnn, model, guide, theta, store[name].detach().exp()
+    if noise == "fixed-alpha":
+        return bnn, model, guide, theta, 0.3 * theta**2
+    name = "AutoVariationalDropout.log_alpha_param.weight"
+    store[name] = torch.empty_like(store[name]).uniform_(-3, -0.1)
+    log_alpha = store[name].detach()
+    if noise == "multiplicative-unit" and theta.dim() > 1:
+        groups = getattr(bnn, "groups", 1)
+        log_alpha = log_alpha.reshape(-1)[input_channel(theta.shape, groups)]
+    return bnn, model, guide, theta, log_alpha.exp() * theta**2
 
 
 LAYERS_BY_FN = {make: (make, shape) for make, shape in LAYERS.values()}
@@ -67,10 +101,11 @@ def reference_moments(layer, x, theta, sigma2):
     return conv(x, theta, bias, **kw), conv(x**2, sigma2, None, **kw)
 
 
+@pytest.mark.parametrize("noise", list(NOISE), ids=str)
 @pytest.mark.parametrize("name", list(LAYERS), ids=str)
-def test_lrt_moments_closed_form(name, monkeypatch):
+def test_lrt_moments_closed_form(name, noise, monkeypatch):
     make, shape = LAYERS[name]
-    bnn, model, guide, theta, sigma2 = fitted_layer(make)
+    bnn, model, guide, theta, sigma2 = fitted_layer(make, noise)
     x = torch.randn(shape)
     mean, var = reference_moments(bnn, x, theta, sigma2)
     monkeypatch.setattr(ops, "_standard_normal", torch.zeros_like)
@@ -80,8 +115,16 @@ def test_lrt_moments_closed_form(name, monkeypatch):
     assert_close((out - mean) ** 2 - ops.LRT_EPS, var, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", list(LAYERS), ids=str)
-def test_lrt_moments_match_weight_sampling(name):
+# Every layer with sparse VD's noise; the other noise modes on the dense layer only (their
+# variance formulas, the grouped "unit" layout included, are checked on every layer by
+# the closed-form test above; a draw loop over conv weights costs seconds per case).
+SAMPLED = [(name, "additive") for name in LAYERS] + [
+    ("linear", noise) for noise in NOISE if noise != "additive"
+]
+
+
+@pytest.mark.parametrize("name,noise", SAMPLED, ids=str)
+def test_lrt_moments_match_weight_sampling(name, noise):
     """By sampling: LRT draws and explicit weight draws have the closed-form moments.
 
     S = 4000 draws each. Tolerance 5 standard errors per element (mean: sqrt(v / S);
@@ -89,7 +132,7 @@ def test_lrt_moments_match_weight_sampling(name):
     fails with probability ~1e-6 per element.
     """
     make, shape = LAYERS[name]
-    bnn, model, guide, theta, sigma2 = fitted_layer(make)
+    bnn, model, guide, theta, sigma2 = fitted_layer(make, noise)
     x = torch.randn(shape)
     mean, var = reference_moments(bnn, x, theta, sigma2)
     var = var + ops.LRT_EPS

@@ -131,3 +131,63 @@ def test_running_the_improper_prior_without_a_guide():
     bnn = vd.bayesianize(nn.Linear(4, 2))
     with pytest.raises(RuntimeError, match="improper prior"):
         bnn(torch.randn(1, 4))
+
+
+def classification_model(bnn, n=6):
+    def model(x, y=None):
+        logits = pyro.deterministic("logits", bnn(x))
+        with pyro.plate("data", n, subsample=torch.arange(len(x))):
+            pyro.sample("y", pyro.distributions.Categorical(logits=logits), obs=y)
+
+    return model
+
+
+def test_nan_check_reads_the_data_but_not_the_activations_on_the_training_path(monkeypatch):
+    bnn = vd.bayesianize(nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 2)))
+    model = classification_model(bnn)
+    guide = vd.AutoVariationalDropout(model)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    guide(x, y)
+    checked = []
+    isfinite = torch.isfinite
+    monkeypatch.setattr(torch, "isfinite", lambda t: checked.append(tuple(t.shape)) or isfinite(t))
+    elbo = vd.LocalReparamELBO()
+    elbo.loss(model, guide, x, y)
+    assert (6, 4) in checked and (6, 5) not in checked  # hidden input requires grad
+    checked.clear()
+    vd.predict(model, guide, x)  # no gradient recorded: every layer's input is checked
+    assert (6, 4) in checked and (6, 5) in checked
+    bad = x.clone()
+    bad[2, 1] = float("inf")
+    with pytest.raises(ValueError, match="input of layer '0.weight' has NaN or inf"):
+        elbo.loss(model, guide, bad, y)
+    with pyro.validation_enabled(False):
+        poutine.condition(bnn, data=guide.median())(bad)  # no check without validation
+    with torch.no_grad():
+        pyro.param("0.bias").fill_(float("nan"))  # diverged parameters
+    with pytest.raises(ValueError, match="Expected parameter logits"):
+        elbo.loss(model, guide, x, y)  # training path: Pyro's check of the likelihood
+    with pytest.raises(ValueError, match="layer '2.weight' .*parameters have diverged"):
+        vd.predict(model, guide, x)
+
+
+def test_predict_puts_the_module_in_eval_mode_for_the_call():
+    net = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Dropout(0.5), nn.Linear(5, 2))
+    bnn = vd.bayesianize(net)
+    model = classification_model(bnn)
+    guide = vd.AutoVariationalDropout(model)
+    x = torch.randn(6, 4) * 2 + 3
+    guide(x, torch.randint(0, 2, (6,)))
+    with torch.no_grad():
+        bnn[1].running_mean.uniform_(-1, 1)
+    stats = bnn[1].running_mean.clone(), int(bnn[1].num_batches_tracked)
+    bnn[2].eval()  # a submodule in its own mode stays in it
+    out = vd.predict(model, guide, x, module=bnn)["logits"][0]
+    assert bnn.training and bnn[1].training and not bnn[2].training  # modes restored
+    assert torch.equal(bnn[1].running_mean, stats[0])  # BatchNorm statistics not updated
+    assert int(bnn[1].num_batches_tracked) == stats[1]
+    # the reference: the torch way, the user's own .eval()
+    bnn.eval()
+    assert torch.equal(out, vd.predict(model, guide, x)["logits"][0])
+    with pytest.raises(TypeError, match="module must be a torch.nn.Module"):
+        vd.predict(model, guide, x, module="net")

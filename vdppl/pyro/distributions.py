@@ -65,7 +65,7 @@ class LogUniform(TorchDistribution):
         new._validate_args = self._validate_args
         return new
 
-    def log_prob(self, value):
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:
             self._validate_sample(value)
         log_p = -torch.log(torch.abs(value))

@@ -40,9 +40,10 @@ class LocalReparamELBO(TraceMeanField_ELBO):
     ``pyro.plate(..., subsample=...)``: the ELBO, not the user, scales the data term
     against the KL.
 
-    Log densities are computed only where they enter the estimate: the observed sites,
-    and latent sites without an analytic KL. The weight sites of a variational dropout
-    guide need neither (their KL depends on ``alpha`` alone).
+    Log densities are computed only where they enter the estimate: the observed sites
+    (not ``pyro.deterministic`` ones, whose masked log density is 0), and latent sites
+    without an analytic KL. The weight sites of a variational dropout guide need neither
+    (their KL depends on ``alpha`` alone).
 
     :param float kl_weight: ``beta`` in ``[0, inf)``; set ``elbo.kl_weight`` between epochs
         for warm-up (Molchanov et al. 2017 go from 0 to 1 over the first 20 epochs).
@@ -94,6 +95,8 @@ class LocalReparamELBO(TraceMeanField_ELBO):
         for name, model_site in model_trace.nodes.items():
             if model_site["type"] != "sample":
                 continue
+            if model_site["infer"].get("_deterministic"):
+                continue  # pyro.deterministic: "observed" by a masked Delta, log_prob 0
             if model_site["is_observed"]:
                 elbo = elbo + _log_prob_sum(model_site)
                 continue

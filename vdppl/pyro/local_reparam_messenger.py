@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from pyro.poutine.messenger import Messenger
 
@@ -121,7 +124,10 @@ class LocalReparamMessenger(Messenger):
             msg["done"] = True
 
 
-def local_reparam(fn=None):
-    """Handler form of :class:`LocalReparamMessenger` (``with local_reparam(): ...``)."""
+def local_reparam(
+    fn: Callable[..., Any] | None = None,
+) -> LocalReparamMessenger | Callable[..., Any]:
+    """Handler form of :class:`LocalReparamMessenger` (``with local_reparam(): ...``, or
+    ``local_reparam(fn)`` for ``fn`` run under it)."""
     msngr = LocalReparamMessenger()
     return msngr(fn) if fn is not None else msngr

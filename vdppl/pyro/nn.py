@@ -22,7 +22,7 @@ from torch import nn
 
 from vdppl.pyro import ops
 from vdppl.pyro.distributions import LogUniform
-from vdppl.pyro.init import INIT_KEY
+from vdppl.pyro.init import GROUPS_KEY, INIT_KEY
 from vdppl.pyro.local_reparam_messenger import LRT_FLAG
 
 __all__ = ["DETERMINISTIC", "UNSUPPORTED", "BayesConv", "BayesLinear", "bayesianize"]
@@ -63,6 +63,18 @@ def _check_prior(prior) -> None:
 
 
 def _check_finite(x: torch.Tensor, layer: str) -> None:
+    """Under Pyro validation: a clear error for NaN/inf in an input that carries no gradient.
+
+    The check reads every element and turns the answer into a Python bool (a device sync
+    on GPU), so on the training hot path it runs only where bad values come from outside:
+    the data (an input that does not require grad, normally the first layer's). Hidden
+    activations, which require grad during SVI, are checked only when no gradient is
+    recorded (prediction, ``torch.no_grad()``); during training a divergence shows up in
+    Pyro's validation of the likelihood's arguments, or as its NaN-loss warning.
+    ``pyro.validation_enabled(False)`` skips the check entirely.
+    """
+    if x.requires_grad:
+        return
     if not torch.isfinite(x).all():
         raise ValueError(
             f"the input of layer {layer!r} has NaN or inf entries. If this is the network's "
@@ -75,6 +87,8 @@ class _BayesLayer(PyroModule):
     """Shared machinery: the prior, the initial weight and the weight site."""
 
     weight_init: torch.Tensor
+    #: Convolution groups (1 for dense layers); offered to guides under ``GROUPS_KEY``.
+    groups: int = 1
 
     def _init_common(self, weight: torch.Tensor, bias: torch.Tensor | None, prior) -> None:
         prior = LogUniform() if prior is None else prior
@@ -87,7 +101,7 @@ class _BayesLayer(PyroModule):
         """Sample the weight site (its value under a guide) and return it with its name."""
         name = self._pyro_get_fullname("weight")
         prior = self.prior.expand(self.weight_init.shape).to_event(self.weight_init.dim())
-        infer = {INIT_KEY: self.weight_init, LRT_FLAG: True}
+        infer = {INIT_KEY: self.weight_init, LRT_FLAG: True, GROUPS_KEY: self.groups}
         return pyro.sample(name, prior, infer=infer), name
 
 

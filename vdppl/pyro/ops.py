@@ -19,9 +19,14 @@ exactly zero; it adds a variance of ``1e-8`` to each pre-activation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from pyro.poutine.runtime import effectful
+
+_Size = int | tuple[int, ...]
+_Padding = int | tuple[int, ...] | str
 
 __all__ = ["LRT_EPS", "conv", "linear", "lrt_conv", "lrt_linear"]
 
@@ -30,7 +35,7 @@ LRT_EPS = 1e-8
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _conv_fn(weight: torch.Tensor):
+def _conv_fn(weight: torch.Tensor) -> Callable[..., torch.Tensor]:
     n = weight.dim() - 2
     if n not in _CONV:
         raise ValueError(
@@ -40,29 +45,41 @@ def _conv_fn(weight: torch.Tensor):
     return _CONV[n]
 
 
-def _linear(x, weight, bias=None):
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     return F.linear(x, weight, bias)
 
 
-def _conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def _conv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Padding = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     return _conv_fn(weight)(x, weight, bias, stride, padding, dilation, groups)
 
 
 #: ``linear(x, weight, bias=None, *, name=site)``: ``F.linear`` that handlers may override.
-linear = effectful(_linear, type="vdppl_linear")
+linear: Callable[..., torch.Tensor] = effectful(_linear, type="vdppl_linear")
 #: ``conv(x, weight, bias=None, stride, padding, dilation, groups, *, name=site)``.
-conv = effectful(_conv, type="vdppl_conv")
+conv: Callable[..., torch.Tensor] = effectful(_conv, type="vdppl_conv")
 
 
 #: Source of the standard normal noise (tests replace it to read the moments exactly).
-_standard_normal = torch.randn_like
+_standard_normal: Callable[[torch.Tensor], torch.Tensor] = torch.randn_like
 
 
-def _noise(mean, var):
+def _noise(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
     return mean + torch.sqrt(var + LRT_EPS) * _standard_normal(mean)
 
 
-def lrt_linear(x, loc, var, bias=None):
+def lrt_linear(
+    x: torch.Tensor, loc: torch.Tensor, var: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """One LRT sample of ``x @ W.T + b`` for ``W ~ N(loc, var)`` factorized::
 
     F.linear(x, loc, bias) + sqrt(F.linear(x**2, var) + 1e-8) * eps
@@ -70,7 +87,16 @@ def lrt_linear(x, loc, var, bias=None):
     return _noise(F.linear(x, loc, bias), F.linear(x * x, var))
 
 
-def lrt_conv(x, loc, var, bias=None, stride=1, padding=0, dilation=1, groups=1):
+def lrt_conv(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    var: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: _Size = 1,
+    padding: _Padding = 0,
+    dilation: _Size = 1,
+    groups: int = 1,
+) -> torch.Tensor:
     """One LRT sample of ``conv(x, W) + b`` for ``W ~ N(loc, var)`` factorized::
 
     conv(x, loc, bias) + sqrt(conv(x**2, var) + 1e-8) * eps

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pyro import poutine
 
 from vdppl import kl as vdkl
 from vdppl.pyro.local_reparam_messenger import LocalReparamMessenger
+
+if TYPE_CHECKING:
+    from vdppl.pyro.guide import AutoVariationalDropout
 
 __all__ = ["MODES", "predict"]
 
@@ -18,7 +23,26 @@ __all__ = ["MODES", "predict"]
 MODES = ("mean", "mc", "lrt")
 
 
-def _return_sites(trace, latent: set[str], return_sites) -> dict[str, torch.Tensor]:
+@contextlib.contextmanager
+def _eval_mode(module: torch.nn.Module | None) -> Iterator[None]:
+    """``module.eval()`` for the block, then each submodule's own mode back."""
+    if module is None:
+        yield
+        return
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _return_sites(
+    trace: poutine.Trace, latent: set[str], return_sites: Iterable[str] | None
+) -> dict[str, torch.Tensor]:
     trace = poutine.util.prune_subsample_sites(trace)
     out = {}
     for name, site in trace.nodes.items():
@@ -32,15 +56,16 @@ def _return_sites(trace, latent: set[str], return_sites) -> dict[str, torch.Tens
 
 @torch.no_grad()
 def predict(
-    model,
-    guide,
-    *args,
+    model: Callable[..., Any],
+    guide: AutoVariationalDropout,
+    *args: Any,
     mode: str = "mean",
     num_samples: int = 100,
     threshold: float = vdkl.DEFAULT_THRESHOLD,
-    return_sites=None,
-    **kwargs,
-):
+    return_sites: Iterable[str] | None = None,
+    module: torch.nn.Module | None = None,
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
     """Draws of the model's non-latent sites (observations, ``pyro.deterministic``).
 
     Returns a dict from site name to a tensor with a leading draw dimension (of size 1 in
@@ -54,11 +79,20 @@ def predict(
     * ``"lrt"``: pre-activations sampled under :class:`~vdppl.pyro.local_reparam`.
 
     :param return_sites: names to return; default every sample site that is not latent.
+    :param module: the network (e.g. from :func:`~vdppl.pyro.bayesianize`), put in eval
+        mode for the call and restored after, so that BatchNorm uses its running
+        statistics (and does not update them) and ``nn.Dropout`` is off. Without it the
+        network runs in whatever mode it is in: call ``.eval()`` first, as in torch.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not (isinstance(num_samples, int) and num_samples > 0):
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    with _eval_mode(module):
+        return _predict(model, guide, args, kwargs, mode, num_samples, threshold, return_sites)
+
+
+def _predict(model, guide, args, kwargs, mode, num_samples, threshold, return_sites):
     if guide.prototype_trace is None:
         guide(*args, **kwargs)
     latent = {name for name, _ in guide.prototype_trace.iter_stochastic_nodes()}
