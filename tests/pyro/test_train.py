@@ -43,6 +43,20 @@ def test_each_method_trains_and_predicts(method, digits):
     assert trainer.sparsity().total == 64 * 16 + 16 * 10
 
 
+def test_epoch_loss_is_the_per_example_negative_elbo(digits):
+    # With a learning rate of ~0 the parameters do not move during the epoch, and with KL
+    # weight 0 (the first warm-up epoch) every minibatch's loss estimates the whole training
+    # set's NLL. At log sigma^2 = -10 the weight noise changes logits by ~1e-3, so the
+    # average minibatch loss equals the mean network's NLL per example to within 1e-2.
+    trainer = Trainer(config(lr=1e-12, warmup=5), digits)
+    row = trainer.epoch(0)
+    logits = torch.as_tensor(trainer.pruned_outputs(digits.x_train))
+    nll = torch.nn.functional.cross_entropy(logits, torch.as_tensor(digits.y_train)).item()
+    assert row["kl_weight"] == 0.0
+    assert row["loss"] == pytest.approx(nll, rel=1e-2)
+    assert row["data"] == pytest.approx(nll, rel=1e-2)
+
+
 def test_pretrained_means_come_from_a_map_run(digits, tmp_path):
     dense = Trainer(config(method="map"), digits)
     dense.epoch(0)

@@ -129,13 +129,18 @@ class Trainer:
 
     # --------------------------------------------------------------- training
     def epoch(self, epoch: int, generator: torch.Generator | None = None) -> dict[str, float]:
-        """One pass over the shuffled training set; returns per-example loss terms."""
+        """One pass over the shuffled training set; returns per-example loss terms.
+
+        Each ``svi.step`` returns an estimate of the whole training set's negative ELBO (the
+        plate scales the minibatch's log-likelihood by ``N / B``), so the epoch's loss is the
+        mean over minibatches, divided by ``N`` to give nats per example.
+        """
         beta = kl_weight_at(epoch, self.config.warmup)
         if isinstance(self.elbo, (LocalReparamELBO, GradientRegularizedELBO)):
             self.elbo.kl_weight = beta
         self.bnn.train()
         start = time.perf_counter()
-        total = 0.0
+        total, steps = 0.0, 0
         for batch in torch.randperm(self.n_train).split(self.config.batch_size):
             loss = self.svi.step(self.x_train[batch], self.y_train[batch])
             if not math.isfinite(loss):
@@ -143,11 +148,11 @@ class Trainer:
                     f"the loss became {loss} in epoch {epoch + 1}: training diverged. Lower "
                     "--lr, or lengthen --warmup; the last good checkpoint is kept."
                 )
-            total += loss
+            total, steps = total + loss, steps + 1
         self.optim.step()  # advance the learning-rate schedule by one epoch
         seconds = time.perf_counter() - start
         kl = self.kl()
-        loss = total / self.n_train
+        loss = total / (steps * self.n_train)
         return {
             "loss": loss,
             "kl": kl / self.n_train,
