@@ -12,10 +12,11 @@ from numpyro.infer.autoguide import AutoNormal
 
 import vdppl.numpyro as vd
 from vdppl import kl as vdkl
+from vdppl.numpyro._checks import is_concrete
 from vdppl.numpyro.distributions import ImproperPriorError
 
 from .conftest import assert_close
-from .helpers import normal, setup_guide, variables_like
+from .helpers import mlp_model, normal, setup_guide, variables_like
 
 X = normal(5, 4, seed=0)
 Y = normal(5, 3, seed=1)
@@ -64,7 +65,8 @@ def test_sites_and_shapes_match_autonormal():
         "shift": (3,),
     }
     assert guide.dropout_sites == ["Dense_0.kernel", "Dense_1.kernel"]
-    assert ours["Dense_0.kernel"]["infer"] == {"local_reparam": True}
+    assert ours["Dense_0.kernel"]["infer"] == {"local_reparam": True, "vdppl_lrt_guide": True}
+    assert ours["shift"]["infer"] == {}  # not marked in the model
 
 
 def test_initial_means_are_the_module_weights():
@@ -319,3 +321,17 @@ def test_lazy_initial_values_need_a_key():
         vd.init_to_module(site)
     site["kwargs"]["rng_key"] = jax.random.key(0)
     assert_close(vd.init_to_module(site), jnp.ones(2))
+
+
+def test_setup_under_jit_is_refused_and_leaves_nothing_behind():
+    # a jitted svi.init would cache traced initial values in the guide (a leaked tracer)
+    model = mlp_model()
+    svi = SVI(
+        model, vd.AutoVariationalDropout(model), numpyro.optim.Adam(1e-2), vd.LocalReparamELBO()
+    )
+    with pytest.raises(RuntimeError, match=r"Call svi.init\(...\) outside jax.jit"):
+        jax.jit(svi.init)(jax.random.key(0), X, Y)
+    assert svi.guide.prototype_trace is None and svi.guide._specs == {}
+    svi.init(jax.random.key(0), X, Y)  # eagerly it works (test_trains_with_svi jits steps)
+    specs = svi.guide._specs.values()
+    assert all(is_concrete(init) for s in specs for init, _ in s.values())

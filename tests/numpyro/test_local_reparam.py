@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 import pytest
 from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer import TraceMeanField_ELBO
@@ -28,6 +29,10 @@ LAYERS = {
         (2, 6, 6, 4),
     ),
     "conv2d-same": ({"kernel_size": (3, 3), "padding": "SAME"}, (1, 5, 5, 3)),
+    "conv2d-input-dilation": (
+        {"kernel_size": (2, 2), "input_dilation": (2, 1), "padding": 1},
+        (1, 3, 4, 2),
+    ),
     "conv3d-valid": (
         {"kernel_size": (2, 2, 2), "strides": (1, 2, 1), "padding": "VALID"},
         (1, 4, 4, 3, 2),
@@ -271,3 +276,77 @@ def test_particles_average_single_particle_losses(vectorize):
     assert_close(many, jnp.mean(jnp.stack(losses)), rtol=1e-5)  # float32 mean of 3
     with pytest.raises(ValueError, match="num_particles must be a positive int"):
         vd.LocalReparamELBO(num_particles=0)
+
+
+# ----------------------------------------------- a Gaussian prior on an LRT weight site
+W_SHAPE = (4, 3)
+W_LOC = normal(*W_SHAPE, seed=20)
+W_SCALE = uniform(*W_SHAPE, low=0.2, high=1.0, seed=21)
+
+
+def gaussian_prior_model(x):
+    """A weight site with a (non-expanded) Normal prior, consumed by the LRT primitive."""
+    prior = dist.Normal(jnp.zeros(W_SHAPE), 1.0).to_event(2)
+    w = numpyro.sample("w", prior, infer={"local_reparam": True})
+    numpyro.deterministic("out", vd.dense(x, w, site="w"))
+
+
+def hand_written_guide(x):
+    loc = numpyro.param("w_loc", W_LOC)
+    scale = numpyro.param("w_scale", W_SCALE, constraint=dist.constraints.positive)
+    infer = {"local_reparam": True, "vdppl_lrt_guide": True}
+    numpyro.sample("w", dist.Normal(loc, scale).to_event(2), infer=infer)
+
+
+def with_log_uniform_layer(x):
+    gaussian_prior_model(x)
+    vd.nn.dense("aux", x, 2, init=normal(4, 2, seed=22))  # AutoVariationalDropout needs one
+
+
+def separately_wrapped_outputs(model, guide, params, x, keys):
+    """``out`` of the model as SVI(local_reparam(model), local_reparam(guide)) runs it."""
+
+    def run(key):
+        k1, k2 = jax.random.split(key)
+        guide_run = substitute(seed(vd.local_reparam(guide), k1), data=params)
+        guide_trace = trace(guide_run).get_trace(x)
+        model_run = substitute(replay(seed(vd.local_reparam(model), k2), guide_trace), data=params)
+        return trace(model_run).get_trace(x)["out"]["value"]
+
+    return jax.jit(jax.vmap(run))(keys)
+
+
+@pytest.mark.parametrize("guide_kind", ["hand-written", "AutoVariationalDropout"], ids=str)
+def test_gaussian_prior_site_with_separately_wrapped_model_and_guide(guide_kind):
+    """Regression: the model's own handler must not defer its Gaussian-prior site to the
+    prior mean (the layer then computed x @ W_loc, noiseless). Moments by sampling, S = 4000
+    draws: 5 standard errors per element as in test_lrt_moments_match_weight_sampling."""
+    x = jnp.concatenate([normal(1, 4, seed=23)] * 2 + [normal(1, 4, seed=24)])
+    if guide_kind == "hand-written":
+        model, guide = gaussian_prior_model, hand_written_guide
+        params = {"w_loc": W_LOC, "w_scale": W_SCALE}
+    else:
+        model = with_log_uniform_layer
+        guide, params = setup_guide(model, x)
+        params.update({"loc.w": W_LOC, "scale.w": W_SCALE})
+    S = 4000
+    out = separately_wrapped_outputs(
+        model, guide, params, x, jax.random.split(jax.random.key(0), S)
+    )
+    assert not jnp.array_equal(out[0], out[1])  # samples differ across keys
+    assert not jnp.array_equal(out[:, 0], out[:, 1])  # identical rows: per-example noise
+    mean, var = x @ W_LOC, (x * x) @ (W_SCALE**2) + ops.LRT_EPS
+    assert (jnp.abs(out.mean(0) - mean) <= 5 * jnp.sqrt(var / S) + 1e-6).all()
+    assert (jnp.abs(out.var(0, ddof=1) - var) <= 5 * var * (2 / (S - 1)) ** 0.5 + 1e-6).all()
+
+
+def test_model_alone_samples_its_gaussian_prior_weights():
+    # no guide replays the site: the handler leaves it to the prior, which is sampled
+    x = jnp.ones((2, 4))
+    first, second = (
+        trace(seed(vd.local_reparam(gaussian_prior_model), k)).get_trace(x)
+        for k in (jax.random.key(1), jax.random.key(2))
+    )
+    assert not jnp.array_equal(first["w"]["value"], jnp.zeros(W_SHAPE))
+    assert not jnp.array_equal(first["out"]["value"], second["out"]["value"])
+    assert jnp.array_equal(first["out"]["value"], x @ first["w"]["value"])  # a sampled weight

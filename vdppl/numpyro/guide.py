@@ -26,13 +26,26 @@ from numpyro.infer.autoguide import AutoGuide
 from numpyro.infer.util import helpful_support_errors
 
 from vdppl import kl as vdkl
-from vdppl.numpyro._checks import check_finite
+from vdppl.numpyro._checks import check_finite, is_concrete
 from vdppl.numpyro.distributions import DropoutNormal, is_log_uniform
 from vdppl.numpyro.init import init_to_module
-from vdppl.numpyro.local_reparam_messenger import LRT_FLAG
+from vdppl.numpyro.local_reparam_messenger import GUIDE_FLAG, LRT_FLAG
 from vdppl.options import alpha_param_shape, check_guide_options, kl_approximation
 
 __all__ = ["AutoVariationalDropout"]
+
+
+def _check_not_traced(value, site: str | None = None) -> None:
+    """Refuse to set the guide up from traced values (they would outlive their trace)."""
+    if is_concrete(value):
+        return
+    what = f"the initial value of site {site!r} is" if site else "its PRNG key is"
+    raise RuntimeError(
+        f"AutoVariationalDropout is being set up under a JAX trace ({what} a tracer): "
+        "the guide keeps its initial values, and traced ones would leak out of jax.jit. "
+        "Call svi.init(...) outside jax.jit / jax.vmap (jit svi.update instead), or call "
+        "the guide once eagerly before tracing."
+    )
 
 
 class _Site(NamedTuple):
@@ -81,12 +94,17 @@ class AutoVariationalDropout(AutoGuide):
     ``loc.<site>`` and ``scale.<site>`` (other sites); each prefixed by ``"<prefix>."``
     when ``prefix`` is given.
 
-    Weight sites marked ``infer={"local_reparam": True}`` in the model are marked the
-    same in the guide, so that :class:`~vdppl.numpyro.LocalReparamELBO` samples their
-    pre-activations instead of the weights.
+    Weight sites marked ``infer={"local_reparam": True}`` in the model are marked
+    ``{"local_reparam": True, "vdppl_lrt_guide": True}`` in the guide, so that
+    :class:`~vdppl.numpyro.LocalReparamELBO` (or ``local_reparam`` around model and
+    guide) samples their pre-activations instead of the weights. That holds for the
+    dropout sites and for marked sites with any other prior whose guide is a Normal on
+    the real line (a Gaussian prior, say).
 
     The guide sets itself up on its first call (``svi.init`` makes it), eagerly: initial
-    values are checked for NaN there. Set it up outside ``jit``.
+    values are checked for NaN there and kept as concrete arrays. Call ``svi.init``
+    outside ``jax.jit`` / ``jax.vmap`` (jit ``svi.update``); set-up under a trace raises a
+    ``RuntimeError`` instead of keeping traced values.
 
     :param model: a NumPyro model.
     :param prefix: prefix of the parameter names (default none).
@@ -148,6 +166,7 @@ class AutoVariationalDropout(AutoGuide):
                 "AutoVariationalDropout sets itself up on its first call and needs a PRNG key "
                 "for that: call it under numpyro.handlers.seed (svi.init does)."
             )
+        _check_not_traced(rng_key)
         with handlers.block():
             run = handlers.substitute(
                 handlers.seed(self.model, rng_key), substitute_fn=self._prototype_value
@@ -175,6 +194,8 @@ class AutoVariationalDropout(AutoGuide):
                 sites.append(self._dropout_site(name, site, frames))
             else:
                 sites.append(self._normal_site(name, site, frames))
+        for site in sites:
+            _check_not_traced(site.init, site.name)
         if not any(s.variational_dropout for s in sites):
             raise ValueError(
                 "AutoVariationalDropout found no latent site with a LogUniform prior in the "
@@ -221,7 +242,9 @@ class AutoVariationalDropout(AutoGuide):
         while isinstance(support, constraints.independent):
             support = support.base_constraint
         identity = support is constraints.real
-        return _Site(name, frames, event_dim, False, False, None if identity else transform, init)
+        # a Normal on the weight itself: local reparameterization applies as for dropout sites
+        lrt = identity and bool(site["infer"].get(LRT_FLAG))
+        return _Site(name, frames, event_dim, False, lrt, None if identity else transform, init)
 
     # ------------------------------------------------------------- parameters
     def _param_specs(self, site: _Site) -> dict[str, tuple]:
@@ -312,7 +335,7 @@ class AutoVariationalDropout(AutoGuide):
                 fn = self._posterior(site, values).to_event(site.event_dim)
                 if site.transform is not None:
                     fn = dist.TransformedDistribution(fn, site.transform)
-                infer = {LRT_FLAG: True} if site.local_reparam else {}
+                infer = {LRT_FLAG: True, GUIDE_FLAG: True} if site.local_reparam else {}
                 result[site.name] = numpyro.sample(site.name, fn, infer=infer)
         return result
 

@@ -3,14 +3,25 @@
 How the guide's posterior reaches the model's layers
 ----------------------------------------------------
 NumPyro runs the guide, then the model under :class:`~numpyro.handlers.replay`, which
-copies each guide site's value *and its* ``infer`` *dict* to the model's site. Under this
-handler a guide site marked ``infer={"local_reparam": True}`` whose distribution is a
-(``.to_event``'d) Normal is not sampled: its value is the mean and its distribution
-travels in ``infer["vdppl_lrt_posterior"]``. In the model, the primitive
-:func:`~vdppl.numpyro.ops.dense` / :func:`~vdppl.numpyro.ops.conv` called with that
-site's value returns a sample of the pre-activations. So it works whether one handler
-wraps both runs (``LocalReparamELBO``, a ``with`` block) or each run is wrapped on its
-own (``SVI(local_reparam(model), local_reparam(guide), ...)``).
+copies each guide site's value *and its* ``infer`` *dict* to the model's site. Two
+``infer`` keys say which sites take part:
+
+* ``infer={"local_reparam": True}`` (:data:`LRT_FLAG`) on a **model** weight site: its
+  value is consumed by :func:`~vdppl.numpyro.ops.dense` / :func:`~vdppl.numpyro.ops.conv`
+  (:mod:`vdppl.numpyro.nn` and :func:`~vdppl.numpyro.bayesianize` set it);
+* ``infer={"local_reparam": True, "vdppl_lrt_guide": True}`` (plus :data:`GUIDE_FLAG`) on
+  the matching **guide** site, whose distribution is a (``.to_event``'d) Normal: the
+  posterior. :class:`~vdppl.numpyro.AutoVariationalDropout` sets both; a guide written
+  by hand sets them too.
+
+Under this handler a guide site is not sampled: its value is the mean and its
+distribution travels in ``infer["vdppl_lrt_posterior"]``. In the model, the primitive
+called with that site's value returns a sample of the pre-activations. A model site is
+never deferred, whatever its prior (a Normal prior is sampled as usual when nothing
+replays the site), so it works whether one handler wraps both runs
+(``LocalReparamELBO``, a ``with`` block) or each run is wrapped on its own
+(``SVI(local_reparam(model), local_reparam(guide), ...)``): in the second form the
+model's handler sees its weight sites before ``replay`` fills them in.
 
 :class:`numpyro.infer.Predictive` substitutes the guide's values into the model instead
 of replaying, and ``infer`` is lost. For it, the guide run also records each deferred
@@ -32,19 +43,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpyro
-from numpyro.distributions import Independent, MaskedDistribution, Normal
+from numpyro.distributions import Normal
 from numpyro.primitives import Messenger
 
 from vdppl.numpyro import ops
+from vdppl.numpyro.distributions import base_distribution
 from vdppl.options import unused_sites_message
 
-__all__ = ["LRT_FLAG", "POSTERIOR_KEY", "VARIANCE_SUFFIX", "LocalReparamMessenger", "local_reparam"]
+__all__ = [
+    "GUIDE_FLAG",
+    "LRT_FLAG",
+    "POSTERIOR_KEY",
+    "VARIANCE_SUFFIX",
+    "LocalReparamMessenger",
+    "local_reparam",
+]
 
 #: ``infer`` key that marks a weight site as consumed by :func:`vdppl.numpyro.ops.dense`
 #: or :func:`vdppl.numpyro.ops.conv`. :mod:`vdppl.numpyro.nn` and
 #: :func:`~vdppl.numpyro.bayesianize` set it on the model's weight sites and
-#: :class:`~vdppl.numpyro.AutoVariationalDropout` copies it to the guide's.
+#: :class:`~vdppl.numpyro.AutoVariationalDropout` sets it, with :data:`GUIDE_FLAG`, on
+#: the guide's.
 LRT_FLAG = "local_reparam"
+#: ``infer`` key that marks a *guide* site as the posterior to defer (with
+#: :data:`LRT_FLAG`). A model site with a Gaussian prior carries only :data:`LRT_FLAG`, so
+#: the handler never mistakes it for the posterior.
+GUIDE_FLAG = "vdppl_lrt_guide"
 #: ``infer`` key carrying a deferred site's Normal from the guide to the model.
 POSTERIOR_KEY = "vdppl_lrt_posterior"
 #: Suffix of the deterministic site holding a deferred weight's variance.
@@ -53,12 +77,8 @@ _DEFERRED_HERE = "_vdppl_deferred"
 
 
 def _gaussian_base(fn) -> Normal | None:
-    """The Normal under ``.to_event()`` and ``.mask()`` wrappers, or None if there is none.
-
-    A mask only scales log densities, never values (``Predictive`` masks every site).
-    """
-    while isinstance(fn, (Independent, MaskedDistribution)):
-        fn = fn.base_dist
+    """The Normal under ``.to_event()`` and ``.mask()`` wrappers, or None if there is none."""
+    fn = base_distribution(fn)
     return fn if isinstance(fn, Normal) else None
 
 
@@ -68,12 +88,12 @@ _OPS = {"vdppl_dense": ops.lrt_dense, "vdppl_conv": ops.lrt_conv}
 class local_reparam(Messenger):
     """Defers the guide's weight samples and samples pre-activations in their place.
 
-    In the guide, a sample site whose ``infer`` dict has ``local_reparam=True`` and whose
-    distribution is a factorized Normal (possibly ``.to_event``'d) is not sampled: its
-    value becomes the mean ``mu`` and its distribution is kept (other distributions are
-    sampled as usual). In the model, :func:`~vdppl.numpyro.ops.dense` /
-    :func:`~vdppl.numpyro.ops.conv` called with that site's value returns one sample of
-    the pre-activations::
+    In the guide, a sample site whose ``infer`` dict has ``local_reparam=True`` and
+    ``vdppl_lrt_guide=True`` and whose distribution is a factorized Normal (possibly
+    ``.to_event``'d) is not sampled: its value becomes the mean ``mu`` and its
+    distribution is kept (other distributions are sampled as usual). In the model,
+    :func:`~vdppl.numpyro.ops.dense` / :func:`~vdppl.numpyro.ops.conv` called with that
+    site's value returns one sample of the pre-activations::
 
         x @ mu + b + sqrt(x**2 @ sigma2 + 1e-8) * eps,   eps ~ N(0, 1)
 
@@ -131,10 +151,15 @@ class local_reparam(Messenger):
             self._apply(msg)
 
     def _defer(self, msg) -> None:
-        """Guide side: hold back a flagged Normal site, its value the mean."""
+        """Guide side: hold back a flagged Normal site, its value the mean.
+
+        Only guide sites (:data:`GUIDE_FLAG`): a model site with a Gaussian prior, seen
+        here before ``replay`` gives it the guide's value, must not be replaced by its
+        prior mean.
+        """
         if msg["is_observed"] or msg["value"] is not None or msg["kwargs"].get("sample_shape"):
             return
-        if not msg["infer"].get(LRT_FLAG, False):
+        if not (msg["infer"].get(LRT_FLAG, False) and msg["infer"].get(GUIDE_FLAG, False)):
             return
         base = _gaussian_base(msg["fn"])
         if base is None:  # not a factorized Gaussian: sample the weight as usual
