@@ -1,13 +1,16 @@
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import pytest
 from numpyro.handlers import seed, substitute
 
 import vdppl.numpyro as vd
+from vdppl import models as specs
 
 from .conftest import assert_close
 from .helpers import normal, setup_guide, variables_like
@@ -107,21 +110,177 @@ def test_compress_layers_written_by_hand():
 class Residual(nn.Module):
     @nn.compact
     def __call__(self, x):
-        return nn.Dense(4)(x) + x
+        h = nn.relu(nn.Dense(4)(x))
+        return nn.Dense(4)(h) + h  # the hidden units are used twice
 
 
-def test_compress_needs_a_plain_chain():
-    x = jnp.ones((2, 4))
-    bnn, guide, params = setup(Residual(), x)
-    with pytest.raises(ValueError, match="does not compute the plain chain"):
-        vd.compress(bnn, guide, params)
+class Normed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(nn.LayerNorm()(nn.relu(nn.Dense(5)(x))))  # LayerNorm mixes units
+
+
+def test_compress_refuses_what_it_cannot_shrink():
+    for module in (Residual(), Normed()):
+        bnn, guide, params = setup(module, normal(2, 4))
+        second = bnn.sites[1]  # in call order (Flax names layers as they are built)
+        prune(params, second, (1, slice(None)))  # hidden unit 1: no outgoing weight
+        with pytest.raises(ValueError, match="removing the dead units of .* changes its output"):
+            vd.compress(bnn, guide, params)
+        assert vd.pruned_variables(bnn, guide, params)  # the masked network is still there
     bnn, guide, params = setup(Chain(), jnp.ones((2, 6)))
     with pytest.raises(ValueError, match="does not compute the plain chain"):
         vd.compress(bnn, guide, params, activation=jax.nn.relu)  # it uses tanh first
     with pytest.raises(ValueError, match="one between each pair"):
         vd.compress(bnn, guide, params, activation=[jnp.tanh])
-    cnn, guide, params = setup(nn.Conv(2, (3, 3)), jnp.ones((1, 4, 4, 1)))
-    with pytest.raises(ValueError, match="plain chain of Dense layers"):
-        vd.compress(cnn, guide, params)
     with pytest.raises(TypeError, match="returned by vdppl.numpyro.bayesianize"):
         vd.pruned_variables(["fc1"], guide, params)
+    with pytest.raises(TypeError, match=r"names given to vdppl.numpyro.nn.dense in order"):
+        vd.compress("fc1", guide, params)
+
+
+class SpecNet(nn.Module):
+    """A :mod:`vdppl.models` layer list as a Flax module (channels last, evaluation mode)."""
+
+    layers: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        for spec in self.layers:
+            if isinstance(spec, specs.Conv):
+                size = (spec.kernel, spec.kernel)
+                x = nn.Conv(spec.features, size, spec.stride, padding=spec.padding)(x)
+            elif isinstance(spec, specs.Dense):
+                x = nn.Dense(spec.features)(x)
+            elif isinstance(spec, specs.ReLU):
+                x = nn.relu(x)
+            elif isinstance(spec, specs.MaxPool):
+                x = nn.max_pool(x, (spec.size,) * 2, (spec.size,) * 2)
+            elif isinstance(spec, specs.Flatten):
+                x = x.reshape(x.shape[0], -1)
+            else:
+                x = nn.BatchNorm(use_running_average=True)(x)
+        return x
+
+
+def narrow(layers, widths, kernel=3):
+    """``layers`` with the given widths (in order) and ``kernel x kernel`` convolutions."""
+    widths = iter(widths)
+    out = []
+    for spec in layers:
+        if isinstance(spec, specs.Conv):
+            spec = dataclasses.replace(spec, features=next(widths), kernel=kernel)
+        elif isinstance(spec, specs.Dense):
+            spec = dataclasses.replace(spec, features=next(widths))
+        out.append(spec)
+    return tuple(out)
+
+
+def with_statistics(variables, seed=3):
+    """BatchNorm running statistics away from (0, 1), so dropping entries matters."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        if path[0].key != "batch_stats":
+            return leaf
+        value = (
+            rng.uniform(0.5, 2.0, leaf.shape)
+            if path[-1].key == "var"
+            else rng.normal(size=leaf.shape)
+        )
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, variables)
+
+
+# LeNet-5 and the VGG-like net of the sparse VD paper at toy widths, on 14x14 images:
+# 14 -conv3-> 12 -pool-> 6 -conv3-> 4 -pool-> 2, so the Dense layer sees 2 x 2 x 5 inputs
+NETS = {
+    "lenet5": (narrow(specs.lenet5(3), (4, 5, 6, 3)), (3, 14, 14, 1)),
+    "vgg-like-block": (
+        narrow(
+            [
+                specs.Conv(64, 3), specs.BatchNorm(), specs.ReLU(), specs.MaxPool(2),
+                specs.Conv(64, 3), specs.BatchNorm(), specs.ReLU(), specs.MaxPool(2),
+                specs.Flatten(), specs.Dense(512), specs.BatchNorm(), specs.ReLU(),
+                specs.Dense(3),
+            ],
+            (4, 5, 6, 3),
+        ),
+        (3, 14, 14, 2),
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(NETS), ids=str)
+def test_compress_conv_network_removes_channels_and_keeps_outputs(name):
+    layers, shape = NETS[name]
+    x = normal(*shape, seed=1)
+    module = SpecNet(layers)
+    bnn = vd.bayesianize(module, x, variables=with_statistics(variables_like(module, x)))
+    guide, params = setup_guide(lambda x: bnn(x), x)
+    for site, size in (("Conv_0", 4), ("Conv_1", 5), ("Dense_0", 6)):
+        params[f"{site}.bias"] = normal(size, seed=size)  # folded constants are not zero
+    prune(params, "Conv_0.kernel", (..., 0))  # channel 0: no input; the next layer is a
+    # convolution (zero padding differs from a constant), so it stays
+    prune(params, "Conv_1.kernel", (..., 1, slice(None)))  # Conv_0 channel 1: no output
+    prune(params, "Conv_1.kernel", (..., 3))  # Conv_1 channel 3: no input -> folded
+    dense_in = jnp.arange(20).reshape(4, 5)  # Dense_0's inputs: (2 x 2 positions, 5 channels)
+    prune(params, "Dense_0.kernel", (dense_in[:, 2].reshape(-1), slice(None)))  # channel 2
+    prune(params, "Dense_0.kernel", (slice(None), 5))  # Dense_0 unit 5: no input -> folded
+    expected = masked_mean_output(bnn, guide, params, x)
+    small = vd.compress(bnn, guide, params)
+    assert small.features == {
+        "Conv_0.kernel": 3, "Conv_1.kernel": 3, "Dense_0.kernel": 5, "Dense_1.kernel": 3
+    }  # fmt: skip
+    assert [layer.kernel.shape for layer in small] == [
+        (3, 3, 1 if name == "lenet5" else 2, 3), (3, 3, 3, 3), (12, 5), (5, 3)
+    ]  # fmt: skip
+    assert isinstance(small[0], vd.sparsity.ConvLayer)
+    # folding constants into the next bias reorders float32 sums of <= 20 terms
+    assert_close(small(x), expected, atol=1e-5)
+    # the same module rebuilt with the smaller widths runs the variables with plain Flax
+    rebuilt = SpecNet(narrow(layers, small.features.values()))
+    assert_close(rebuilt.apply(small.variables, x), expected, atol=1e-5)
+    with pytest.raises(TypeError, match="mlp_apply runs chains of Dense layers"):
+        vd.mlp_apply(small, x)
+    with pytest.raises(ValueError, match="has convolutions; leave activation unset"):
+        vd.compress(bnn, guide, params, activation=jax.nn.relu)
+
+
+class Grouped(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Conv(4, (1,), feature_group_count=2)(x)
+
+
+def test_report_counts_grouped_inputs_with_the_network():
+    bnn, guide, params = setup(Grouped(), jnp.ones((1, 3, 4)))
+    # kernel (1, 2, 4): outputs 0, 1 read inputs 0, 1 and outputs 2, 3 read inputs 2, 3
+    prune(params, "Conv_0.kernel", (0, 0, slice(0, 2)))  # input 0 loses both its outputs
+    assert vd.sparsity_report(guide, params, net=bnn).layers[0].dead_inputs == 1
+    assert vd.sparsity_report(guide, params).layers[0].dead_inputs == 0  # read ungrouped
+
+
+class TrainFlag(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = nn.BatchNorm(use_running_average=not train)(nn.Dense(5)(x))
+        return nn.Dense(2)(nn.relu(x))
+
+
+def test_compress_runs_the_module_with_evaluation_arguments():
+    x = normal(3, 4)
+    module = TrainFlag()
+    variables = with_statistics(variables_like(module, x, train=False))
+    bnn = vd.bayesianize(module, x, variables=variables, module_kwargs={"train": False})
+    bnn.module_kwargs = {}  # as if bayesianize had not been told
+    guide, params = setup_guide(lambda x: bnn(x, train=False), x)
+    prune(params, "Dense_1.kernel", (3, slice(None)))  # unit 3: no outgoing weight
+    with pytest.raises(ValueError, match=r"compress\(\.\.\., module_kwargs=\{\.\.\.\}\)"):
+        vd.compress(bnn, guide, params)
+    small = vd.compress(bnn, guide, params, module_kwargs={"train": False})
+    assert small.features == {"Dense_0.kernel": 4, "Dense_1.kernel": 2}
+    assert small.variables["batch_stats"]["BatchNorm_0"]["mean"].shape == (4,)
+    expected = bnn.module.apply(vd.pruned_variables(bnn, guide, params), x, train=False)
+    assert_close(small(x), expected, atol=1e-6)  # no constant folded: the same sums
