@@ -167,20 +167,27 @@ class FlaxNet(fnn.Module):
         return fnn.Dense(3)(x)
 
 
-def test_same_masks_and_sparsity_report():
-    torch_net = torch.nn.Sequential(
+def torch_net() -> torch.nn.Module:
+    """The torch twin of :class:`FlaxNet` (its weights named :data:`TORCH_NAMES`)."""
+    return torch.nn.Sequential(
         torch.nn.Conv2d(2, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
         torch.nn.Linear(4 * 3 * 3, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3),
     )  # fmt: skip
-    torch_names = ["0.weight", "3.weight", "5.weight"]
-    flax_names = ["Conv_0.kernel", "Dense_0.kernel", "Dense_1.kernel"]
+
+
+TORCH_NAMES = ["0.weight", "3.weight", "5.weight"]
+FLAX_NAMES = ["Conv_0.kernel", "Dense_0.kernel", "Dense_1.kernel"]
+
+
+def test_same_masks_and_sparsity_report():
+    torch_names, flax_names = TORCH_NAMES, FLAX_NAMES
     shapes = {"0.weight": (4, 2, 3, 3), "3.weight": (8, 36), "5.weight": (3, 8)}
     values = values_for(shapes)
     # make whole units dead, so the dead-unit counts are compared too
     values["3.weight"][1][2:4] = 5.0  # two units of the hidden layer lose all inputs
     values["5.weight"][1][:, 6] = 5.0  # one hidden unit loses all outputs
     x = RNG.normal(size=(1, 2, 5, 5)).astype(np.float32)
-    pyro_guide = pyro_fit(torch_net, torch.tensor(x), values)
+    pyro_guide = pyro_fit(torch_net(), torch.tensor(x), values)
     # flattening order differs (torch: C, H, W; Flax: H, W, C): the Dense layer sees the
     # same numbers when its input axis is permuted accordingly
     dense = values["3.weight"]
@@ -208,3 +215,50 @@ def test_same_masks_and_sparsity_report():
             lj.shape, lj.kept, lj.total, lj.dead_outputs, lj.dead_inputs,
         )  # fmt: skip
     assert report_j.layers[1].dead_outputs == 2 and report_j.layers[2].dead_inputs == 1
+
+
+@pytest.mark.parametrize("alpha_shape", ["weight", "unit", "layer"], ids=str)
+def test_same_masks_in_multiplicative_mode(alpha_shape):
+    """Learned log alpha (variational dropout [1]) set to the same values on both sides;
+    masks and reports must match exactly (a comparison of float32 values with 3.0)."""
+    torch_names, flax_names = TORCH_NAMES, FLAX_NAMES
+    x = RNG.normal(size=(1, 2, 5, 5)).astype(np.float32)
+    options = {"noise": "multiplicative", "alpha_shape": alpha_shape, "max_log_alpha": None}
+
+    pyro.clear_param_store()
+    bnn_t = vdt.bayesianize(torch_net())
+    guide_t = vdt.AutoVariationalDropout(lambda x: bnn_t(x), **options)
+    guide_t(torch.tensor(x))
+    store = pyro.get_param_store()
+    torch_params = {n: next(k for k in store.keys() if "log_alpha" in k and k.endswith(n))
+                    for n in torch_names}  # fmt: skip
+    # log alpha uniform in (-7, 7): about 30 % of the weights (or units, layers) above 3
+    values = {n: RNG.uniform(-7, 7, size=tuple(store[k].shape)).astype(np.float32)
+              for n, k in torch_params.items()}  # fmt: skip
+    for name, key in torch_params.items():
+        store[key] = torch.tensor(values[name])
+
+    bnn_j = vdj.bayesianize(FlaxNet(), jnp.asarray(channels_last(x)), rng_key=jax.random.key(0))
+    guide_j = vdj.AutoVariationalDropout(lambda x: bnn_j(x), **options)
+    tr = trace(seed(guide_j, 0)).get_trace(jnp.asarray(channels_last(x)))
+    params = {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
+    perm = np.arange(36).reshape(4, 3, 3).transpose(1, 2, 0).reshape(-1)  # see above
+    for t_name, j_name in zip(torch_names, flax_names):
+        value = values[t_name]
+        if t_name == "3.weight" and value.shape[1] == 36:
+            value = value[:, perm]
+        params[f"log_alpha.{j_name}"] = jnp.asarray(to_flax(value))
+        assert params[f"log_alpha.{j_name}"].shape == tr[f"log_alpha.{j_name}"]["value"].shape
+
+    masks_t, masks_j = guide_t.mask(), guide_j.mask(params)
+    for t_name, j_name in zip(torch_names, flax_names):
+        mask_j = vdj.sparsity.to_out_in(masks_j[j_name])
+        if t_name == "3.weight":
+            mask_j = mask_j[:, np.argsort(perm)]
+        assert np.array_equal(masks_t[t_name].numpy(), mask_j), t_name
+    report_t, report_j = vdt.sparsity_report(guide_t), vdj.sparsity_report(guide_j, params)
+    assert report_t.compression == report_j.compression
+    for lt, lj in zip(report_t.layers, report_j.layers):
+        assert (lt.shape, lt.kept, lt.dead_outputs, lt.dead_inputs) == (
+            lj.shape, lj.kept, lj.dead_outputs, lj.dead_inputs,
+        )  # fmt: skip

@@ -244,3 +244,35 @@ def test_batchnorm_state_is_updated_by_svi():
     params = {**svi.get_params(state), **state.mutable_state}
     out = vd.predict(model, svi.guide, params, jax.random.key(1), x, mode="mean", train=False)
     assert out["y"].shape == (1, 8)
+
+
+class Wraps(nn.Module):
+    """``layer`` inside an ordinary module, with a supported Dense after it."""
+
+    layer: nn.Module
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(self.layer(x).reshape(x.shape[0], -1))
+
+
+UNSUPPORTED = {
+    "DenseGeneral": (nn.DenseGeneral((2, 2)), (1, 4)),
+    "Einsum": (nn.Einsum((4, 3), "ab,bc->ac"), (2, 4)),
+    "ConvTranspose": (nn.ConvTranspose(2, (3,)), (1, 5, 2)),
+    "ConvLocal": (nn.ConvLocal(2, (3,)), (1, 5, 2)),
+}
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED), ids=str)
+def test_unsupported_flax_layers_are_named_in_the_error(name):
+    layer, shape = UNSUPPORTED[name]
+    with pytest.raises(ValueError, match=f"does not support {name} .*flax.linen.Dense and"):
+        vd.bayesianize(Wraps(layer), shape, rng_key=jax.random.key(0))
+
+
+def test_nnx_modules_are_refused():
+    from flax import nnx
+
+    with pytest.raises(TypeError, match="is a flax.nnx module, which is not supported"):
+        vd.bayesianize(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), (1, 3), rng_key=jax.random.key(0))

@@ -22,10 +22,25 @@ A user writes::
     state, loss = step(state, xb, yb, kl_weight=jnp.float32(beta))  # KL warm-up, no recompile
     params = svi.get_params(state)
     print(vd.sparsity_report(guide, params))
-    small = vd.compress(bnn, guide, params)               # plain MLP: vd.mlp_apply(small, x)
+    small = vd.compress(bnn, guide, params)   # dead units removed; small(x) runs it
 
-Models written by hand use :func:`vdppl.numpyro.nn.dense` / :func:`vdppl.numpyro.nn.conv`;
-the effectful primitives themselves are :func:`dense` and :func:`conv` (Flax layouts).
+Networks:
+
+* Flax **linen** modules through :func:`bayesianize`: ``nn.Dense`` and ``nn.Conv`` get
+  priors (routed through vdppl's primitives with :func:`flax.linen.intercept_methods`, the
+  module's code unchanged); normalisation layers and ``PReLU`` stay point estimates.
+  Not supported, with an error that names them: the NNX API (``flax.nnx``),
+  ``DenseGeneral``, ``Einsum``, ``ConvTranspose``, ``ConvLocal``, ``Embed``, RNN cells,
+  attention, weight-reparameterising wrappers and non-float32 layers (the full list is
+  in :mod:`vdppl.numpyro.nn`).
+* Models written by hand use :func:`vdppl.numpyro.nn.dense` / :func:`vdppl.numpyro.nn.conv`;
+  the effectful primitives themselves are :func:`dense` and :func:`conv` (Flax layouts).
+
+:func:`compress` returns a :class:`~vdppl.numpyro.sparsity.CompressedNetwork` for MLPs
+and convolutional chains (LeNet-5, BatchNorm between layers): ``small(x)`` runs the Flax
+module with the smaller layers, ``small.variables`` / ``small.features`` feed a module
+rebuilt with the smaller widths, and :func:`mlp_apply` is the plain function of a Dense
+chain. Call ``svi.init`` eagerly (outside ``jax.jit``); jit ``svi.update``.
 
 >>> import jax, flax.linen as nn, vdppl.numpyro as vd
 >>> bnn = vd.bayesianize(nn.Dense(3), (1, 4), rng_key=jax.random.key(0))
@@ -54,6 +69,7 @@ from vdppl.numpyro.nn import BayesianModule, bayesianize  # noqa: E402
 from vdppl.numpyro.ops import conv, dense  # noqa: E402
 from vdppl.numpyro.predict import predict  # noqa: E402
 from vdppl.numpyro.sparsity import (  # noqa: E402
+    CompressedNetwork,
     SparsityReport,
     compress,
     mlp_apply,
@@ -64,6 +80,7 @@ from vdppl.numpyro.sparsity import (  # noqa: E402
 __all__ = [
     "AutoVariationalDropout",
     "BayesianModule",
+    "CompressedNetwork",
     "DropoutNormal",
     "KLWeightMessenger",
     "LocalReparamELBO",

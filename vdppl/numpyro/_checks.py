@@ -15,7 +15,7 @@ from typing import Any
 
 from vdppl import options
 
-__all__ = ["check_finite", "check_kl_weight", "is_concrete"]
+__all__ = ["check_finite", "check_finite_args", "check_kl_weight", "is_concrete"]
 
 
 def is_concrete(x: Any) -> bool:
@@ -37,6 +37,23 @@ def check_finite(x: Any, what: str) -> None:
             "(np.isfinite(x).all()); if it is a fitted value, the parameters have diverged: "
             "lower the learning rate or resume from a checkpoint."
         )
+
+
+def check_finite_args(where: str, args: tuple, kwargs: dict) -> None:
+    """:func:`check_finite` on every concrete array among a model's arguments.
+
+    ``where`` names the caller in the message (``"predict"``); arguments are named by
+    position or keyword. Non-arrays (``None`` observations, Python flags) are skipped.
+    """
+    import numpy as np
+    from jax import Array
+
+    named = [(f"argument {i}", a) for i, a in enumerate(args)] + [
+        (f"keyword argument {k!r}", a) for k, a in kwargs.items()
+    ]
+    for label, value in named:
+        if isinstance(value, (Array, np.ndarray)):
+            check_finite(value, f"{where}: the model's {label}")
 
 
 def check_kl_weight(beta: Any) -> Any:

@@ -131,11 +131,7 @@ class DropoutNormal(Normal):
         *,
         validate_args: bool | None = None,
     ):
-        if approximation not in ("molchanov", "kingma"):
-            raise ValueError(
-                f"Unknown KL approximation {approximation!r}; expected 'molchanov' (any "
-                "alpha) or 'kingma' (alpha <= 1)."
-            )
+        approximation = vdkl.check_approximation(approximation)
         shape = lax.broadcast_shapes(jnp.shape(loc), jnp.shape(variance), jnp.shape(log_alpha))
         self._variance = jnp.asarray(variance)
         self.log_alpha = jnp.asarray(log_alpha)
@@ -159,11 +155,19 @@ class DropoutNormal(Normal):
         )
 
 
+#: Wrappers that change neither a distribution's values nor its family.
+VALUE_PRESERVING_WRAPPERS = (Independent, MaskedDistribution)
+
+
+def base_distribution(fn: Distribution) -> Distribution:
+    """``fn`` without its ``.to_event()`` / ``.mask()`` wrappers (a mask only scales log
+    densities; ``Predictive`` masks every site)."""
+    return vdkl.base_distribution(fn, VALUE_PRESERVING_WRAPPERS)
+
+
 def is_log_uniform(fn: Distribution) -> bool:
     """True if ``fn`` is a :class:`LogUniform`, possibly under ``.to_event()``/``.mask()``."""
-    while isinstance(fn, (Independent, MaskedDistribution)):
-        fn = fn.base_dist
-    return isinstance(fn, LogUniform)
+    return isinstance(base_distribution(fn), LogUniform)
 
 
 def _broadcast_kl(kl, p: Distribution, q: Distribution):

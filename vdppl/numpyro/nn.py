@@ -7,26 +7,42 @@ Two ways to put priors on a network's weights:
   kernel offered to the guide under ``infer["vdppl_init"]``, marked
   ``infer["local_reparam"]``), read the bias from ``numpyro.param("<name>.bias")`` and
   apply the effectful primitives of :mod:`vdppl.numpyro.ops`.
-* :func:`bayesianize` converts a **Flax linen** module (``flax.linen.Module``; the NNX
-  API is not supported). Its ``flax.linen.Dense`` and ``flax.linen.Conv`` layers are
-  routed through the same primitives with :func:`flax.linen.intercept_methods` while the
-  module runs, so the module's own code is unchanged. Kernel sites are named by the
-  layer's path in the module's variables, ``"Dense_0.kernel"`` (``"<name>.Dense_0.kernel"``
-  with ``name=``); the layer's bias and every parameter of the layers kept deterministic
-  (``LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``BatchNorm``, ``PReLU``, ...) become
-  ``numpyro.param`` point estimates named by their path (``"Dense_0.bias"``), fitted by
-  SVI, as :func:`numpyro.contrib.module.flax_module` does for all parameters. Other
-  variable collections (``BatchNorm``'s ``batch_stats``) are one ``numpyro.mutable`` site
+* :func:`bayesianize` converts a **Flax linen** module. Its ``flax.linen.Dense`` and
+  ``flax.linen.Conv`` layers are routed through the same primitives with
+  :func:`flax.linen.intercept_methods` while the module runs, so the module's own code is
+  unchanged. Kernel sites are named by the layer's path in the module's variables,
+  ``"Dense_0.kernel"`` (``"<name>.Dense_0.kernel"`` with ``name=``); the layer's bias and
+  every parameter of the layers kept deterministic become ``numpyro.param`` point
+  estimates named by their path (``"Dense_0.bias"``), fitted by SVI, as
+  :func:`numpyro.contrib.module.flax_module` does for all parameters. Other variable
+  collections (``BatchNorm``'s ``batch_stats``) are one ``numpyro.mutable`` site
   ``"<name>$state"`` updated at each training call (pass ``mutable`` state back with
   ``{**params, **svi_state.mutable_state}`` when predicting).
+
+Supported Flax API (``bayesianize``):
+
+* ``flax.linen.Module`` subclasses, written with ``@nn.compact`` or ``setup``, including
+  ``nn.Sequential`` and nested modules; extra ``__call__`` arguments pass through.
+* Bayesian: ``nn.Dense`` and ``nn.Conv`` (1-, 2-, 3-d; strides; padding ``"SAME"``,
+  ``"VALID"``, ints, ``(low, high)`` pairs, ``"CIRCULAR"``, ``"REFLECT"``, ``"CAUSAL"``;
+  ``kernel_dilation``, ``input_dilation``, ``feature_group_count``; with or without bias),
+  in float32, each called once per forward pass.
+* Point estimates: ``nn.LayerNorm``, ``GroupNorm``, ``RMSNorm``, ``BatchNorm``,
+  ``InstanceNorm``, ``PReLU``, and with ``unsupported="deterministic"`` any other layer.
+* Refused with a ``ValueError`` that names the layer (or a ``TypeError`` for the
+  object): the NNX API (``flax.nnx.Module``), ``nn.DenseGeneral``, ``nn.Einsum``,
+  ``nn.ConvTranspose``, ``nn.ConvLocal``, ``nn.Embed``, RNN cells, attention,
+  ``nn.SpectralNorm`` / ``nn.WeightNorm``, unknown modules with their own parameters,
+  Dense/Conv with a custom ``dot_general`` / ``conv_general_dilated``, a ``mask``, or a
+  dtype other than float32, and a layer shared between calls.
 
 Layouts are Flax's throughout: a Dense kernel is ``(in, out)``, a Conv kernel is
 ``(*kernel_size, in / groups, out)`` on channels-last inputs.
 
 Where inputs are checked: shapes statically in the primitives (so also under ``jit``);
 NaN/inf only on concrete arrays, i.e. in :func:`bayesianize` (the example input, the
-initial weights) and when a converted network is called eagerly; inside a jitted step
-the values are tracers and are not inspected.
+initial weights), in :func:`dense` / :func:`conv` and when a converted network is called
+eagerly; inside a jitted step the values are tracers and are not inspected.
 """
 
 from __future__ import annotations
@@ -112,6 +128,7 @@ def dense(
     [1] Kingma, Salimans, Welling (2015) arXiv:1506.02557.
     """
     prior = _check_prior(prior)
+    check_finite(x, f"the input of layer {name!r}")
     shape = (int(jnp.shape(x)[-1]), int(features))
     kernel = weight_site(f"{name}.kernel", shape, prior, _kernel_init(init, shape, name))
     bias = _bias_param(name, features, use_bias, bias_init)
@@ -135,6 +152,7 @@ def conv(
     padding: ops.Padding = "SAME",
     dilation: int | Sequence[int] = 1,
     feature_group_count: int = 1,
+    input_dilation: int | Sequence[int] = 1,
     prior: Distribution | None = None,
     init: Any = None,
     use_bias: bool = True,
@@ -144,9 +162,16 @@ def conv(
 
     Kernel site ``"<name>.kernel"`` of shape ``(*kernel_size, in / groups, features)``,
     bias ``numpyro.param("<name>.bias")``; options as for :func:`dense` and
-    :func:`vdppl.numpyro.ops.conv`.
+    :func:`vdppl.numpyro.ops.conv` (``dilation`` is the kernel's, ``input_dilation`` the
+    input's, as ``flax.linen.Conv``'s ``kernel_dilation`` / ``input_dilation``). Under
+    :class:`~vdppl.numpyro.local_reparam`::
+
+        conv(x, mu) + b + sqrt(conv(x**2, sigma2) + 1e-8) * eps,   eps ~ N(0, 1)
+
+    [1] Kingma, Salimans, Welling (2015) arXiv:1506.02557.
     """
     prior = _check_prior(prior)
+    check_finite(x, f"the input of layer {name!r}")
     in_features = int(jnp.shape(x)[-1])
     if in_features % feature_group_count:
         raise ValueError(
@@ -158,7 +183,15 @@ def conv(
     kernel = weight_site(f"{name}.kernel", shape, prior, _kernel_init(init, shape, name))
     bias = _bias_param(name, features, use_bias, bias_init)
     return ops.conv(
-        x, kernel, bias, strides, padding, dilation, feature_group_count, site=f"{name}.kernel"
+        x,
+        kernel,
+        bias,
+        strides,
+        padding,
+        dilation,
+        feature_group_count,
+        input_dilation=input_dilation,
+        site=f"{name}.kernel",
     )
 
 
@@ -212,19 +245,26 @@ class _Layer:
     def __call__(self, x, prior: Distribution):
         kernel = weight_site(self.site, self.shape, prior, self.kernel_init)
         bias = None if self.bias is None else numpyro.param(self.bias, self.bias_init)
+        return self.apply(x, kernel, bias)
+
+    def apply(self, x, kernel, bias):
+        """The layer's computation with the given kernel and bias (the effectful primitive).
+
+        The kernel may have fewer features than :attr:`shape` (a compressed network).
+        """
         if self.kind == "dense":
             return ops.dense(x, kernel, bias, site=self.site)
         return self._conv(x, kernel, bias)
 
     def _conv(self, x, kernel, bias):
         s = self.settings
-        n = len(self.shape) - 2
+        n = jnp.ndim(kernel) - 2
         batch_shape = jnp.shape(x)[: jnp.ndim(x) - (n + 1)]
         if len(batch_shape) != 1:  # no batch dim, or several: flatten as flax.linen.Conv
             x = jnp.reshape(x, (-1, *jnp.shape(x)[len(batch_shape) :]))
         padding = s["padding"]
         if isinstance(padding, str) and padding in ("CIRCULAR", "REFLECT", "CAUSAL"):
-            x, padding = _pad_input(x, padding, self.shape[:n], s["kernel_dilation"])
+            x, padding = _pad_input(x, padding, jnp.shape(kernel)[:n], s["kernel_dilation"])
         y = ops.conv(
             x,
             kernel,
@@ -326,11 +366,16 @@ class BayesianModule:
     ``sites`` (kernel site names), ``deterministic`` (path in the module's ``params`` ->
     initial value, for every parameter kept as a point estimate; its ``numpyro.param``
     name is :meth:`param_name` of the path), ``state`` (initial non-``params``
-    collections), ``prior``, ``example`` (the example input).
+    collections), ``prior``, ``example`` (the example input), ``module_kwargs`` (the
+    keyword arguments of the initialising run, reused when :func:`~vdppl.numpyro.compress`
+    runs the module).
     """
 
-    def __init__(self, module, layers, deterministic, state, prior, name, example):
+    def __init__(
+        self, module, layers, deterministic, state, prior, name, example, module_kwargs=None
+    ):
         self.module = module
+        self.module_kwargs: dict = dict(module_kwargs or {})
         self.layers: list[_Layer] = layers
         self.deterministic: dict[tuple[str, ...], Any] = deterministic
         self.state: dict = state
@@ -453,6 +498,12 @@ def bayesianize(
     """
     nn = _linen()
     if not isinstance(module, nn.Module):
+        if type(module).__module__.startswith("flax.nnx"):
+            raise TypeError(
+                f"bayesianize converts flax.linen modules; {type(module).__name__} is a "
+                "flax.nnx module, which is not supported. Write the network with "
+                "flax.linen (nn.Dense, nn.Conv), or by hand with vdppl.numpyro.nn.dense/conv."
+            )
         raise TypeError(f"bayesianize expects a flax.linen.Module, got {type(module).__name__}")
     if unsupported not in ("error", "deterministic"):
         raise ValueError(f"unsupported must be 'error' or 'deterministic', got {unsupported!r}")
@@ -509,7 +560,7 @@ def bayesianize(
     order = list(calls)
     ordered = sorted(converted.values(), key=lambda layer: order.index(layer.path))
     state = jax.tree.map(jnp.asarray, variables)
-    return BayesianModule(module, ordered, deterministic, state, prior, name, x)
+    return BayesianModule(module, ordered, deterministic, state, prior, name, x, module_kwargs)
 
 
 def _classify(calls: dict, unsupported: str):

@@ -16,8 +16,8 @@ section 2.3)::
     out  = mean + sqrt(var + 1e-8) * eps,     eps ~ N(0, 1) per example and unit
 
 and the same with the convolution in place of the matrix product (same strides,
-padding, dilations and groups). The ``1e-8`` (:data:`LRT_EPS`, the Pyro backend's
-constant) keeps the gradient of the square root finite where a variance is exactly zero.
+padding, dilations and groups). The ``1e-8`` (:data:`vdppl.kl.LRT_EPS`, shared with the
+Pyro backend) keeps the gradient of the square root finite where a variance is exactly zero.
 
 Each primitive sends a NumPyro message of type ``"vdppl_dense"`` / ``"vdppl_conv"``
 through :func:`numpyro.primitives.apply_stack`. The message names its weight site under
@@ -40,6 +40,8 @@ import jax.numpy as jnp
 from jax import lax
 from numpyro.primitives import _PYRO_STACK, apply_stack
 
+from vdppl.kl import LRT_EPS
+
 __all__ = [
     "LRT_EPS",
     "OP_TYPES",
@@ -52,7 +54,6 @@ __all__ = [
     "plain_dense",
 ]
 
-LRT_EPS = 1e-8
 #: Message types of the two primitives (what :class:`~vdppl.numpyro.local_reparam` handles).
 OP_TYPES = ("vdppl_dense", "vdppl_conv")
 

@@ -11,7 +11,7 @@ from jax import random
 from numpyro.handlers import replay, seed, substitute, trace
 
 from vdppl import kl as vdkl
-from vdppl.numpyro._checks import is_concrete
+from vdppl.numpyro._checks import check_finite_args, is_concrete
 from vdppl.numpyro.local_reparam_messenger import VARIANCE_SUFFIX, local_reparam
 
 __all__ = ["MODES", "predict"]
@@ -66,6 +66,8 @@ def predict(
     :param rng_key: a JAX PRNG key; required.
     :param return_sites: names to return; default every sample and deterministic site
         that is not latent.
+    :raises ValueError: for NaN or inf in a concrete array argument (traced arguments,
+        under ``jit``, are not inspected).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -74,6 +76,7 @@ def predict(
     if rng_key is None:
         raise ValueError("predict needs an explicit rng_key (jax.random.key(...)).")
     threshold = vdkl.check_threshold(threshold)
+    check_finite_args("predict", args, kwargs)
     if guide.prototype_trace is None:
         if not is_concrete(rng_key):
             raise RuntimeError("set the guide up (svi.init) before calling predict under jit")
