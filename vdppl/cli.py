@@ -24,11 +24,32 @@ class UsageError(Exception):
     """Bad options: exit code 2."""
 
 
+#: Top-level packages that each backend's extra installs.
+_EXTRA_PACKAGES = {
+    "pyro": ("torch", "pyro"),
+    "numpyro": ("jax", "jaxlib", "numpyro", "flax", "optax"),
+}
+
+
+def _missing_module(err: BaseException | None) -> str | None:
+    """Top-level name of the module whose absence raised ``err``, following ``raise ...
+    from`` (``vdppl._optional.require`` re-raises with the install hint)."""
+    while err is not None:
+        if isinstance(err, ImportError) and err.name:
+            return err.name.split(".")[0]
+        err = err.__cause__
+    return None
+
+
 def _trainer_class(backend: str):
+    """The backend's ``Trainer``; a missing backend package is a usage error naming the
+    extra, any other ImportError (a bug) propagates."""
     module = {"pyro": "vdppl.pyro.train", "numpyro": "vdppl.numpyro.train"}[backend]
     try:
         return importlib.import_module(module).Trainer
     except ImportError as err:
+        if _missing_module(err) not in _EXTRA_PACKAGES[backend]:
+            raise
         raise UsageError(
             f"--backend {backend} needs its extra: pip install 'vdppl[{backend}]' ({err})"
         ) from err
@@ -87,6 +108,7 @@ def _config_from_args(args) -> Config:
         lr_schedule=args.lr_schedule,
         variance_lr=args.variance_lr,
         warmup=args.warmup if args.warmup is not None else args.epochs // 2,
+        warmup_start=args.warmup_start,
         threshold=args.threshold,
         seed=args.seed,
         init_log_sigma2=args.init_log_sigma2,
@@ -341,7 +363,13 @@ def _parser() -> argparse.ArgumentParser:
         "--warmup",
         type=int,
         default=None,
-        help="epochs of linear KL warm-up from 0 to 1 (default: half the epochs)",
+        help="the KL weight reaches 1 at this epoch, linearly (default: half the epochs)",
+    )
+    t.add_argument(
+        "--warmup-start",
+        type=int,
+        default=0,
+        help="the KL weight is 0 before this epoch (the sparse VD paper: 5 with --warmup 20)",
     )
     t.add_argument("--threshold", type=float, default=3.0, help="prune where log alpha >= this")
     t.add_argument("--seed", type=int, default=0)

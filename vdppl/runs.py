@@ -30,6 +30,8 @@ __all__ = [
     "METRICS",
     "REPORT",
     "Config",
+    "check_pretrained",
+    "guide_options",
     "kl_weight_at",
     "lr_factor_at",
     "prepare_run_dir",
@@ -65,6 +67,7 @@ class Config:
     lr_schedule: str = "constant"
     variance_lr: float | None = None
     warmup: int = 30
+    warmup_start: int = 0
     threshold: float = 3.0
     seed: int = 0
     init_log_sigma2: float = -10.0
@@ -92,8 +95,20 @@ class Config:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.warmup < 0:
             raise ValueError("--warmup must be >= 0 (epochs of KL warm-up)")
+        if self.warmup_start < 0 or (self.warmup_start and self.warmup_start >= self.warmup):
+            raise ValueError(
+                f"--warmup-start must be >= 0 and below --warmup ({self.warmup}): the KL "
+                f"weight is 0 before it and reaches 1 at --warmup; got {self.warmup_start}"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number; got {self.lr}")
+        if self.variance_lr is not None and not (
+            math.isfinite(self.variance_lr) and self.variance_lr > 0
+        ):
+            raise ValueError(
+                f"--variance-lr must be a positive number (or left out: --lr); got "
+                f"{self.variance_lr}"
+            )
         if not 0 < self.dropout_p < 1:
             raise ValueError(f"--dropout-p must be in (0, 1); got {self.dropout_p}")
         if self.obs_noise != "learned":
@@ -119,9 +134,49 @@ class Config:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def kl_weight_at(epoch: int, warmup: int) -> float:
-    """Linear KL warm-up: ``min(1, epoch / warmup)`` (0 at the first epoch), 1 without."""
-    return 1.0 if warmup <= 0 else min(1.0, epoch / warmup)
+def check_pretrained(run: str | os.PathLike, config: Config) -> Path:
+    """The checkpoint of ``--pretrained RUN``, which must be a run of the same dataset,
+    architecture (and hidden sizes) and backend as ``config``."""
+    run = Path(run)
+    other = Config.from_dict(read_json(run / CONFIG))
+    mismatch = [
+        k
+        for k in ("dataset", "arch", "hidden", "backend")
+        if getattr(other, k) != getattr(config, k)
+    ]
+    if mismatch:
+        raise ValueError(f"--pretrained {run} differs in {', '.join(mismatch)}")
+    return run / CHECKPOINT
+
+
+def guide_options(config: Config) -> dict[str, Any]:
+    """``AutoVariationalDropout`` options of ``config.method`` (the same in both backends).
+
+    sparse-vd and gradreg: additive noise with ``log sigma^2`` starting at
+    ``init_log_sigma2`` (Molchanov et al. 2017); vd-a / vd-b: multiplicative noise with
+    alpha <= 1 per input unit / per weight (Kingma et al. 2015); gaussian-dropout: alpha
+    fixed at ``p / (1 - p)``. Not used for map (a point estimate).
+    """
+    if config.method in ("sparse-vd", "gradreg"):
+        return {"noise": "additive", "init_log_sigma2": config.init_log_sigma2}
+    if config.method == "vd-a":
+        return {"noise": "multiplicative", "alpha_shape": "unit"}
+    if config.method == "vd-b":
+        return {"noise": "multiplicative", "alpha_shape": "weight"}
+    return {"fixed_alpha": config.dropout_p / (1 - config.dropout_p)}
+
+
+def kl_weight_at(epoch: int, warmup: int, start: int = 0) -> float:
+    """KL warm-up: 0 until epoch ``start``, then linear to 1 at epoch ``warmup``::
+
+        beta = clip((epoch - start) / (warmup - start), 0, 1)     (1 if warmup <= 0)
+
+    ``start=0`` is a linear ramp from 0 at the first epoch; the sparse VD paper's code
+    uses ``start=5, warmup=20`` (Molchanov et al. 2017, arXiv:1701.05369).
+    """
+    if warmup <= 0:
+        return 1.0
+    return min(1.0, max(0.0, (epoch - start) / (warmup - start)))
 
 
 def lr_factor_at(epoch: int, epochs: int, schedule: str) -> float:

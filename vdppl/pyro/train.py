@@ -31,7 +31,7 @@ from vdppl.pyro.init import init_to_module
 from vdppl.pyro.models import build
 from vdppl.pyro.nn import _BayesLayer, bayesianize
 from vdppl.pyro.predict import predict
-from vdppl.runs import Config, guide_options, kl_weight_at, lr_factor_at
+from vdppl.runs import Config, check_pretrained, guide_options, kl_weight_at, lr_factor_at
 from vdppl.sparsity import SparsityReport, report_from_masks
 
 __all__ = ["Trainer"]
@@ -99,17 +99,8 @@ class Trainer:
 
     def _load_pretrained(self, run: Path) -> None:
         """Start from a MAP run's weights and biases (same dataset and architecture)."""
-        from vdppl.runs import CHECKPOINT, CONFIG, read_json
-
-        other = Config.from_dict(read_json(run / CONFIG))
-        mismatch = [
-            k
-            for k in ("dataset", "arch", "hidden", "backend")
-            if getattr(other, k) != getattr(self.config, k)
-        ]
-        if mismatch:
-            raise ValueError(f"--pretrained {run} differs in {', '.join(mismatch)}")
-        state = torch.load(run / CHECKPOINT, weights_only=False)["param_store"]
+        path = check_pretrained(run, self.config)
+        state = torch.load(path, weights_only=False)["param_store"]
         params = state["params"]
         with torch.no_grad():
             for name, module in self.net.named_modules():
@@ -135,7 +126,7 @@ class Trainer:
         plate scales the minibatch's log-likelihood by ``N / B``), so the epoch's loss is the
         mean over minibatches, divided by ``N`` to give nats per example.
         """
-        beta = kl_weight_at(epoch, self.config.warmup)
+        beta = kl_weight_at(epoch, self.config.warmup, self.config.warmup_start)
         if isinstance(self.elbo, (LocalReparamELBO, GradientRegularizedELBO)):
             self.elbo.kl_weight = beta
         self.bnn.train()
