@@ -14,12 +14,16 @@ from vdppl import kl as vdkl
 
 __all__ = [
     "ALPHA_SHAPES",
+    "CURVATURES",
     "INIT_LOG_SIGMA2_RANGE",
     "LOG_ALPHA_INIT_MARGIN",
     "NOISE_MODES",
+    "VARIANCE_FORMS",
     "alpha_param_shape",
+    "check_curvature",
     "check_guide_options",
     "check_kl_weight",
+    "check_variance_form",
     "kl_approximation",
     "log_alpha_init_bounds",
     "unused_sites_message",
@@ -27,6 +31,11 @@ __all__ = [
 
 NOISE_MODES = ("additive", "multiplicative")
 ALPHA_SHAPES = ("weight", "unit", "layer")
+#: Posterior variance forms of additive noise: one ``log sigma^2`` per weight, or one
+#: shared by every log-uniform site (the "uniform" form of Unlu & Aitchison 2020).
+VARIANCE_FORMS = ("weight", "uniform")
+#: Curvatures of the gradient-regularised ELBO (squared gradients, or Gauss-Newton).
+CURVATURES = ("empirical_fisher", "ggn")
 INIT_LOG_SIGMA2_RANGE = (-30.0, 5.0)
 #: A learned multiplicative ``log alpha`` starts at least this fraction of its interval
 #: ``(-8, max_log_alpha)`` inside the ends, where the interval's logit is still moderate.
@@ -135,6 +144,31 @@ def check_guide_options(
         )
     fixed = None if fixed_alpha is None else float(fixed_alpha)
     return noise, fixed, vdkl.LOG_ALPHA_CLIP[1] if max_log_alpha is None else float(max_log_alpha)
+
+
+def check_variance_form(variance: str, noise: str) -> str:
+    """Validate ``AutoVariationalDropout(variance=...)`` against the (normalised) noise mode.
+
+    ``"uniform"`` is one ``log sigma^2`` shared by every log-uniform site, which only
+    additive noise parameterizes; with multiplicative noise ``sigma^2 = alpha * theta**2``
+    differs per weight whatever the shape of alpha.
+    """
+    if variance not in VARIANCE_FORMS:
+        raise ValueError(f"variance must be one of {VARIANCE_FORMS}, got {variance!r}")
+    if variance == "uniform" and noise != "additive":
+        raise ValueError(
+            "variance='uniform' (one shared sigma^2) needs noise='additive': with "
+            "multiplicative noise (and fixed_alpha) sigma^2 = alpha * theta**2 varies with "
+            "theta. Use noise='additive', or alpha_shape='layer' for one shared rate."
+        )
+    return variance
+
+
+def check_curvature(curvature: str) -> str:
+    """Validate ``GradientRegularizedELBO(curvature=...)`` (either backend)."""
+    if curvature not in CURVATURES:
+        raise ValueError(f"curvature must be one of {CURVATURES}, got {curvature!r}")
+    return curvature
 
 
 def kl_approximation(noise: str, fixed_alpha: float | None, max_log_alpha: float) -> str:

@@ -58,6 +58,7 @@ from vdppl.numpyro.checkpoint import load, save  # noqa: E402
 from vdppl.numpyro.diagnostics import to_inference_data  # noqa: E402
 from vdppl.numpyro.distributions import DropoutNormal, LogUniform  # noqa: E402
 from vdppl.numpyro.elbo import LocalReparamELBO  # noqa: E402
+from vdppl.numpyro.gradreg import GradientRegularizedELBO, variance_lr  # noqa: E402
 from vdppl.numpyro.guide import AutoVariationalDropout  # noqa: E402
 from vdppl.numpyro.init import init_to_module  # noqa: E402
 from vdppl.numpyro.kl_weight_messenger import KLWeightMessenger, kl_weight  # noqa: E402
@@ -82,6 +83,7 @@ __all__ = [
     "BayesianModule",
     "CompressedNetwork",
     "DropoutNormal",
+    "GradientRegularizedELBO",
     "KLWeightMessenger",
     "LocalReparamELBO",
     "LocalReparamMessenger",
@@ -102,4 +104,5 @@ __all__ = [
     "save",
     "sparsity_report",
     "to_inference_data",
+    "variance_lr",
 ]

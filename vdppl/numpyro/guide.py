@@ -4,6 +4,8 @@
     Reparameterization Trick", arXiv:1506.02557.
 [2] Molchanov, Ashukha, Vetrov (2017) "Variational Dropout Sparsifies Deep Neural
     Networks", ICML, arXiv:1701.05369.
+[3] Unlu, Aitchison (2020) "Gradient Regularisation as Approximate Variational
+    Inference", arXiv:2011.10443.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from vdppl.numpyro._checks import check_finite, is_concrete
 from vdppl.numpyro.distributions import DropoutNormal, is_log_uniform
 from vdppl.numpyro.init import init_to_module
 from vdppl.numpyro.local_reparam_messenger import GUIDE_FLAG, LRT_FLAG
-from vdppl.options import alpha_param_shape, check_guide_options, kl_approximation
+from vdppl.options import (
+    alpha_param_shape,
+    check_guide_options,
+    check_variance_form,
+    kl_approximation,
+)
 
 __all__ = ["AutoVariationalDropout"]
 
@@ -89,7 +96,8 @@ class AutoVariationalDropout(AutoGuide):
     :mod:`vdppl.numpyro.nn` layers) are not latent; SVI fits them as point estimates.
 
     Parameter names (keys of ``svi.get_params(state)``), ``<site>`` the sample site:
-    ``theta.<site>`` and ``log_sigma2.<site>`` (additive), ``theta.<site>`` and
+    ``theta.<site>`` and ``log_sigma2.<site>`` (additive; one ``log_sigma2`` for all
+    sites with ``variance="uniform"``), ``theta.<site>`` and
     ``log_alpha.<site>`` (multiplicative; none for ``log_alpha`` with ``fixed_alpha``),
     ``loc.<site>`` and ``scale.<site>`` (other sites); each prefixed by ``"<prefix>."``
     when ``prefix`` is given.
@@ -115,6 +123,11 @@ class AutoVariationalDropout(AutoGuide):
     :param max_log_alpha: upper clip of ``log alpha`` in multiplicative mode
         (``0.0``: alpha <= 1); ``None`` leaves it at 8.
     :param init_log_sigma2: initial ``log sigma^2``, in ``[-30, 5]``.
+    :param variance: ``"weight"`` (one ``log_sigma2`` per weight) or ``"uniform"`` (one
+        shared by every log-uniform site, ``q(w) = N(theta, sigma^2 I)``: the "uniform"
+        posterior of [3], where the gradient-regularised ELBO's penalty becomes
+        ``sigma^2 sum_i |g_i|^2``; ``log_alpha`` still differs per weight, so weights can
+        still be pruned); additive noise only.
     :param init_loc_fn: per-site initial values; default
         :func:`~vdppl.numpyro.init_to_module`.
     :param init_scale: initial scale of the Normal guide of non-log-uniform sites.
@@ -133,6 +146,7 @@ class AutoVariationalDropout(AutoGuide):
         fixed_alpha: float | None = None,
         max_log_alpha: float | None = 0.0,
         init_log_sigma2: float = -10.0,
+        variance: str = "weight",
         init_loc_fn: Callable = init_to_module,
         init_scale: float = 0.1,
         create_plates: Callable | None = None,
@@ -145,6 +159,7 @@ class AutoVariationalDropout(AutoGuide):
         self.fixed_alpha = fixed_alpha
         self.max_log_alpha = max_log_alpha
         self.init_log_sigma2 = float(init_log_sigma2)
+        self.variance = check_variance_form(variance, noise)
         self._init_scale = init_scale
         self._sites: list[_Site] = []
         self._specs: dict[str, dict] = {}
@@ -157,6 +172,8 @@ class AutoVariationalDropout(AutoGuide):
         return kl_approximation(self.noise, self.fixed_alpha, self.max_log_alpha)
 
     def _param_name(self, kind: str, site: str) -> str:
+        if kind == "log_sigma2" and self.variance == "uniform":  # one for every site
+            return f"{self.prefix}.{kind}" if self.prefix else kind
         return f"{self.prefix}.{kind}.{site}" if self.prefix else f"{kind}.{site}"
 
     def _setup_prototype(self, *args, **kwargs) -> None:
@@ -258,7 +275,9 @@ class AutoVariationalDropout(AutoGuide):
         theta = site.init
         specs = {"theta": (theta, constraints.real)}
         if self.noise == "additive":
-            specs["log_sigma2"] = (jnp.full_like(theta, self.init_log_sigma2), constraints.real)
+            shape = () if self.variance == "uniform" else jnp.shape(theta)
+            log_sigma2 = jnp.full(shape, self.init_log_sigma2, jnp.result_type(theta))
+            specs["log_sigma2"] = (log_sigma2, constraints.real)
         elif self.fixed_alpha is None:
             per_weight = self.init_log_sigma2 - jnp.log(theta * theta + 1e-8)
             shape = alpha_param_shape(jnp.shape(theta), self.alpha_shape, unit_axis=-2)

@@ -4,6 +4,8 @@
     Reparameterization Trick", arXiv:1506.02557.
 [2] Molchanov, Ashukha, Vetrov (2017) "Variational Dropout Sparsifies Deep Neural
     Networks", ICML, arXiv:1701.05369.
+[3] Unlu, Aitchison (2020) "Gradient Regularisation as Approximate Variational
+    Inference", arXiv:2011.10443.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from vdppl import kl as vdkl
 from vdppl.options import (
     alpha_param_shape,
     check_guide_options,
+    check_variance_form,
     kl_approximation,
     log_alpha_init_bounds,
 )
@@ -77,7 +80,11 @@ class AutoVariationalDropout(AutoGuide):
     * ``noise="additive"`` (default; sparse VD [2]): parameters ``theta`` and
       ``log_sigma2`` per weight; ``log_alpha = log_sigma2 - log(theta**2 + 1e-8)`` clipped
       to ``[-8, 8]``; KL by [2]'s approximation. Alpha is unbounded, so weights can be
-      pruned (:meth:`mask`).
+      pruned (:meth:`mask`). With ``variance="uniform"`` one ``log_sigma2`` is shared
+      by every log-uniform site (``q(w) = N(theta, sigma^2 I)``, the "uniform" posterior
+      of Unlu & Aitchison [3], where the gradient-regularised ELBO's penalty becomes
+      ``sigma^2 sum_i |g_i|^2``); ``log_alpha = log_sigma2 - log(theta**2 + 1e-8)``
+      still differs per weight, so weights can still be pruned.
     * ``noise="multiplicative"`` (variational dropout [1]): parameters ``theta`` and
       ``log_alpha`` (shape set by ``alpha_shape``); ``sigma^2 = alpha * theta**2``;
       ``log_alpha`` is a :class:`~pyro.nn.PyroParam` constrained to the interval
@@ -121,6 +128,9 @@ class AutoVariationalDropout(AutoGuide):
         mode (``0.0``: alpha <= 1); ``None`` leaves it at 8. Additive noise and
         ``fixed_alpha`` have no bound to set: leave it at ``0.0`` or ``None``.
     :param float init_log_sigma2: initial ``log sigma^2``, in ``[-30, 5]``.
+    :param str variance: ``"weight"`` (one ``log_sigma2`` per weight) or ``"uniform"``
+        (one for the whole network, parameter ``AutoVariationalDropout.log_sigma2``);
+        additive noise only.
     :param callable init_loc_fn: per-site initial values; default
         :func:`~vdppl.pyro.init_to_module`.
     :param float init_scale: initial scale of the Normal guide of non-log-uniform sites.
@@ -138,6 +148,7 @@ class AutoVariationalDropout(AutoGuide):
         fixed_alpha: float | None = None,
         max_log_alpha: float | None = 0.0,
         init_log_sigma2: float = -10.0,
+        variance: str = "weight",
         init_loc_fn=init_to_module,
         init_scale: float = 0.1,
         create_plates=None,
@@ -152,6 +163,7 @@ class AutoVariationalDropout(AutoGuide):
             vdkl.LOG_ALPHA_CLIP[1] if max_log_alpha is None else float(max_log_alpha)
         )
         self.init_log_sigma2 = float(init_log_sigma2)
+        self.variance = check_variance_form(variance, noise)
         self.init_loc_fn = init_loc_fn
         self._init_scale = init_scale
         model = InitMessenger(init_loc_fn)(model)
@@ -169,7 +181,10 @@ class AutoVariationalDropout(AutoGuide):
         with _random_state_untouched():
             super()._setup_prototype(*args, **kwargs)
         self.theta = PyroModule()
-        self.log_sigma2 = PyroModule()
+        if self.variance == "uniform":  # one log sigma^2 for every log-uniform site
+            self.log_sigma2 = PyroParam(torch.tensor(self.init_log_sigma2), constraints.real)
+        else:
+            self.log_sigma2 = PyroModule()
         self.log_alpha_param = PyroModule()
         self.locs = PyroModule()
         self.scales = PyroModule()
@@ -201,8 +216,11 @@ class AutoVariationalDropout(AutoGuide):
         groups = int(site["infer"].get(GROUPS_KEY, 1))
         deep_setattr(self.theta, name, PyroParam(theta, constraints.real, event_dim))
         if self.noise == "additive":
-            log_sigma2 = torch.full_like(theta, self.init_log_sigma2)
-            deep_setattr(self.log_sigma2, name, PyroParam(log_sigma2, constraints.real, event_dim))
+            if self.variance == "weight":  # else the one shared log_sigma2
+                log_sigma2 = torch.full_like(theta, self.init_log_sigma2)
+                deep_setattr(
+                    self.log_sigma2, name, PyroParam(log_sigma2, constraints.real, event_dim)
+                )
         elif self.fixed_alpha is None:
             per_weight = self.init_log_sigma2 - torch.log(theta.pow(2) + 1e-8)
             if self.alpha_shape == "unit" and groups > 1:
@@ -246,7 +264,8 @@ class AutoVariationalDropout(AutoGuide):
         """``(theta, log_alpha, sigma^2)`` of a dropout site, as the noise mode defines them."""
         theta = attrgetter(name)(self.theta)
         if self.noise == "additive":
-            log_sigma2 = attrgetter(name)(self.log_sigma2)
+            shared = self.variance == "uniform"
+            log_sigma2 = self.log_sigma2 if shared else attrgetter(name)(self.log_sigma2)
             log_alpha = vdkl.log_alpha_from_sigma2(theta, log_sigma2)
             return theta, log_alpha, torch.exp(log_sigma2)
         if self.fixed_alpha is None:
