@@ -1,13 +1,16 @@
-"""The ``vdppl`` command, run for real in subprocesses on tiny settings."""
+"""The ``vdppl`` command on tiny settings: for real in subprocesses, and in this process
+(``cli.main``) where imports would dominate a subprocess."""
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -192,3 +195,226 @@ def test_ood_detection_mnist_subset_vs_fashion(tmp_path):
         "entropy-fashion-mnist.png" in (out / "report.html").read_text()
         or (out / "entropy-fashion-mnist.png").is_file()
     )
+
+
+# ------------------------------------------------ in-process: cli.main, tiny settings
+SMALL = ["--hidden", 16, "--limit-train", 120, "--limit-test", 40, "--eval-samples", 4]
+SMALL += ["--epochs", 1, "--quiet"]  # --epochs last: a later --epochs overrides it
+
+
+def main(*args):
+    """``vdppl ARGS`` in this process: its exit code (usage errors exit through argparse)."""
+    from vdppl import cli
+
+    try:
+        return cli.main([*map(str, args)])
+    except SystemExit as exit:
+        return exit.code
+
+
+def strict_json(path):
+    def refuse(name):
+        raise AssertionError(f"{path.name} holds {name}, which is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_force_replaces_a_previous_run_with_only_the_new_runs_files(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = [
+        "idata.nc",
+        "ood-fashion-mnist.npz",
+        "evaluation.json",
+        "evaluation-mnist.json",
+        "log_alpha.png",
+        "entropy-mnist.png",
+        "ppc.png",
+        "report.html",
+        "checkpoint",
+        "history.csv",
+        "metrics.json",
+        ".metrics.json.x1y2z3.tmp",
+    ]
+    for name in stale:
+        (run / name).write_text("stale")
+    (run / "config.json").write_text('{"dataset": "boston"}')
+    # a bad new run is refused before anything is deleted
+    assert main("train", "--out", run, "--force", "--arch", "lenet5", *SMALL) == 2
+    assert (run / "idata.nc").read_text() == "stale"
+    capsys.readouterr()
+    # MAP writes no idata.nc, log_alpha.png, evaluation or OOD files: any left is stale
+    assert main("train", "--out", run, "--force", "--method", "map", *SMALL) == 0
+    new = {"config.json", "checkpoint", "history.csv", "metrics.json", "report.html"}
+    assert {p.name for p in run.iterdir()} == new | {"training.png", "sparsity.png"}
+    assert json.loads((run / "config.json").read_text())["method"] == "map"
+    assert "Predictive entropy" not in (run / "report.html").read_text()
+
+
+def test_force_refuses_a_directory_that_is_not_a_run(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main("train", "--out", mine, "--force", *SMALL) == 1
+    assert "not a vdppl run directory" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--dataset", "diabetes", "--arch", "lenet5"],
+            "Architectures for diabetes: mlp, lenet300",
+        ),
+        (
+            ["--dataset", "digits", "--arch", "lenet5"],
+            "datasets for lenet5: mnist5k, fashion-mnist",
+        ),
+        (["--dataset", "toy1d", "--arch", "vgg-like"], "needs image inputs"),
+        (["--dataset", "digits", "--arch", "vgg-like"], "datasets for vgg-like: cifar10"),
+        (["--dataset", "digits", "--obs-noise", "0.1"], "--obs-noise is for regression datasets"),
+        (["--pretrained", "/nonexistent/run"], "--pretrained needs a run of the same"),
+    ],
+    ids=[
+        "tabular-conv",
+        "small-images-conv",
+        "tabular-vgg",
+        "small-images-vgg",
+        "obs-noise",
+        "pretrained",
+    ],
+)
+def test_bad_combinations_exit_2_and_leave_no_directory(args, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main("train", *args, "--out", out, *SMALL) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_arch_check_agrees_with_the_networks():
+    """The backend-free shape check accepts exactly the (arch, dataset) pairs that build."""
+    from vdppl import cli, data, models
+    from vdppl.pyro.models import build
+
+    for name in ("digits", "toy1d", "diabetes"):  # the table matches the loaders
+        ds = data.load(name)
+        assert cli._DATASET_INFO[name] == (ds.task, ds.input_shape)
+    for arch in models.ARCHITECTURES:
+        for task, shape in cli._DATASET_INFO.values():
+            problem = cli._arch_problem(arch, shape)
+            try:
+                build(models.architecture(arch, 10), shape)
+                built = True
+            except ValueError:
+                built = False
+            assert (problem is None) == built, (arch, shape, problem)
+
+
+def test_every_method_fits_a_regression_dataset(tmp_path):
+    """No method is classification-only: each trains and is evaluated on toy1d (the
+    training loop and metrics of ``vdppl train``, without the slow report)."""
+    from vdppl import cli, data, runs
+    from vdppl.pyro.train import Trainer
+
+    dataset = cli._limited(data.load("toy1d"), 40, 20)
+    for method in runs.METHODS:
+        config = runs.Config(dataset="toy1d", method=method, hidden=[4], epochs=1, eval_samples=3)
+        trainer, history = Trainer(config.validate(), dataset), []
+        cli._fit(trainer, config, dataset, tmp_path, history, 0, quiet=True)
+        cli.evaluate_run(trainer, config, dataset, tmp_path, history)
+        metrics = strict_json(tmp_path / "metrics.json")
+        assert metrics["rmse"] > 0 and math.isfinite(metrics["gaussian_nll"]), method
+
+
+def test_evaluate_a_regression_run(tmp_path, capsys):
+    run = tmp_path / "toy1d"
+    assert main("train", "--dataset", "toy1d", "--out", run, *SMALL) == 0
+    assert main("evaluate", run) == 0
+    evaluation = strict_json(run / "evaluation.json")
+    trained = strict_json(run / "metrics.json")
+    for key in ("rmse", "gaussian_nll", "coverage_0.5", "coverage_0.9", "coverage_0.95"):
+        assert math.isfinite(evaluation[key]), key
+        assert math.isfinite(trained[key]), key
+    assert 0 <= evaluation["coverage_0.5"] <= evaluation["coverage_0.95"] <= 1
+    assert evaluation["rmse"] == pytest.approx(trained["rmse"], rel=0.5)
+    assert "rmse:" in capsys.readouterr().out
+    assert main("evaluate", run, "--dataset", "digits") == 2
+    assert "is a regression run" in capsys.readouterr().err
+    assert not (run / "evaluation-digits.json").exists()
+    # every file but the checkpoint (written by the backend) follows the umask
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for name in ("config.json", "metrics.json", "history.csv", "idata.nc", "report.html"):
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
+@pytest.mark.parametrize("dataset", ["digits", "toy1d"])
+def test_map_metrics_are_strict_json_with_a_held_out_lpd(dataset, tmp_path):
+    run = tmp_path / dataset
+    assert main("train", "--dataset", dataset, "--method", "map", "--out", run, *SMALL) == 0
+    metrics = strict_json(run / "metrics.json")
+    assert metrics["elpd_loo"] is None and "posterior draws" in metrics["elpd_loo_reason"]
+    n = 40
+    if dataset == "digits":
+        assert metrics["test_lpd"] == pytest.approx(-n * metrics["nll"])
+        return
+    # Normal(prediction, sigma) with the learned sigma: the NLL follows from RMSE and sigma
+    import pyro
+    import torch
+
+    from vdppl import data
+
+    store = torch.load(run / "checkpoint", weights_only=False)["param_store"]
+    pyro.get_param_store().set_state(store)
+    sigma = float(pyro.param("obs_noise").detach()) * data.load("toy1d").y_std
+    assert sigma != pytest.approx(data.load("toy1d").y_std)  # fitted, not the initial 1
+    assert metrics["obs_noise_std"] == pytest.approx(sigma)
+    rmse, nll = metrics["rmse"], metrics["gaussian_nll"]
+    assert nll == pytest.approx(0.5 * math.log(2 * math.pi * sigma**2) + rmse**2 / (2 * sigma**2))
+    assert metrics["test_lpd"] == pytest.approx(-n * nll)
+    assert 0 < metrics["coverage_0.95"] <= 1
+
+
+def test_resume_of_a_finished_run(tmp_path, capsys):
+    from vdppl import cli, data, runs
+    from vdppl.pyro.train import Trainer
+
+    run = tmp_path / "run"
+    assert main("train", "--out", run, *SMALL, "--epochs", 2) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    assert main("train", "--resume", run, "--quiet") == 0
+    assert "is complete: 2 of 2 epochs" in capsys.readouterr().out
+    assert main("train", "--resume", run, "--epochs", 1, "--quiet") == 2
+    assert "--epochs 3 or more" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing rewritten
+
+    # the state a resumed run starts from is the saved one, not the fresh guide's
+    config = runs.Config.from_dict(json.loads((run / "config.json").read_text()))
+    dataset = cli._limited(data.load("digits"), 120, 40)
+    import arviz as az
+
+    saved = az.from_netcdf(run / "idata.nc").log_alpha
+    trainer = Trainer(config, dataset)
+    fresh = trainer.log_alpha()
+    trainer.load(run / "checkpoint")
+    loaded = trainer.log_alpha()
+    for name in fresh:
+        np.testing.assert_allclose(loaded[name], saved[name].values, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(fresh[name], loaded[name])
+    assert trainer.sparsity().kept == json.loads(before["metrics.json"])["kept_weights"]
+
+    assert main("train", "--resume", run, "--epochs", 3, "--quiet") == 0
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    old = list(csv.DictReader(before["history.csv"].decode().splitlines()))
+    assert [int(float(r["epoch"])) for r in rows] == [1, 2, 3] and rows[:2] == old
+    assert strict_json(run / "config.json")["epochs"] == 3
+    assert strict_json(run / "metrics.json")["epochs"] == 3
+
+
+def test_the_module_docstring_names_every_subcommand():
+    from vdppl import cli
+
+    for command in ("train", "evaluate", "report", "bench"):
+        assert f"``{command}``" in cli.__doc__.splitlines()[0]

@@ -101,7 +101,9 @@ def test_map_run_and_pretrained_means(tmp_path):
     out = tmp_path / "map"
     assert train("--method", "map", "--epochs", 1, "--out", out, *NUMPYRO) == 0
     m = metrics(out)  # a point estimate: no posterior draws (no LOO) and nothing pruned
-    assert m["compression"] == 1.0 and "elpd_loo" not in m and not (out / "idata.nc").exists()
+    assert m["compression"] == 1.0 and not (out / "idata.nc").exists()
+    assert m["elpd_loo"] is None and "posterior draws" in m["elpd_loo_reason"]
+    assert m["test_lpd"] == pytest.approx(-90 * m["nll"])  # held out instead (90 test rows)
     fitted = load(out / "checkpoint")["params"]
     config = runs.Config(backend="numpyro", hidden=[16], pretrained=str(out)).validate()
     sparse = Trainer(config, cli._limited(data.load("digits"), 300, 90))
@@ -158,3 +160,20 @@ def test_the_install_hint_of_require_counts_as_missing(monkeypatch):
     monkeypatch.setattr(cli.importlib, "import_module", fail)
     with pytest.raises(cli.UsageError, match="needs its extra"):
         cli._trainer_class("numpyro")
+
+
+def test_map_regression_metrics_use_the_fitted_noise():
+    """A MAP regression run's Gaussian NLL uses the observation noise in the NumPyro
+    parameters (1 at initialisation, so no training is needed to check where it is read)."""
+    from vdppl import data
+    from vdppl.numpyro.train import Trainer
+
+    config = runs.Config(backend="numpyro", dataset="toy1d", method="map", hidden=[4])
+    dataset = cli._limited(data.load("toy1d"), 40, 20)
+    m = cli._regression_metrics(Trainer(config.validate(), dataset), config, dataset)
+    assert m["obs_noise_std"] == pytest.approx(dataset.y_std)
+    sigma, rmse = m["obs_noise_std"], m["rmse"]
+    expected = 0.5 * np.log(2 * np.pi * sigma**2) + rmse**2 / (2 * sigma**2)
+    assert m["gaussian_nll"] == pytest.approx(expected) and m["test_lpd"] == pytest.approx(
+        -20 * expected
+    )

@@ -27,6 +27,12 @@ def _fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(tmp_path)`` then move the finished file onto ``path`` atomically.
 
@@ -35,7 +41,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     one, and an exception in ``write`` leaves any existing ``path`` untouched. The
     temporary file is flushed to disk (``fsync``) before the rename and the directory
     after it, so that a crash or power loss right after the call cannot leave ``path``
-    empty or pointing at the old file.
+    empty or pointing at the old file. The file gets the mode a plain ``open()`` would
+    give it, ``0o666 & ~umask`` (``tempfile.mkstemp`` creates it ``0o600``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +50,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         _fsync_file(tmp)
         os.replace(tmp, path)
     finally:

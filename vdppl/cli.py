@@ -1,7 +1,9 @@
-"""The ``vdppl`` command: ``train``, ``evaluate``, ``report``.
+"""The ``vdppl`` command: ``train``, ``evaluate``, ``report``, ``bench``.
 
 ``vdppl train`` with no arguments fits sparse variational dropout to scikit-learn's
 digits with Pyro (offline, well under a minute) and prints where the report is.
+``vdppl bench variance|speed|sparsify|gradreg`` reproduces the papers' measurements
+(:mod:`vdppl.bench`).
 Exit codes: 0 success, 1 a runtime error (message on stderr), 2 bad usage.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -128,31 +131,146 @@ def _config_from_args(args) -> Config:
 
 def train(args) -> int:
     if args.resume:
-        out = Path(args.resume)
-        config = Config.from_dict(runs.read_json(out / runs.CONFIG))
-        if args.epochs_given:
-            config.epochs = args.epochs
-    else:
-        config = _config_from_args(args)
-        out = runs.prepare_run_dir(args.out or _default_out(config), force=args.force)
-        config.versions = _versions(config.backend)
-        runs.write_json(out / runs.CONFIG, config.to_dict())
+        return _resume(args)
+    config = _config_from_args(args)
+    out = Path(args.out) if args.out else _default_out(config)
+    runs.check_run_dir(out, force=args.force)  # refuse early, before loading anything
+    dataset = _load_dataset(config)
+    _check_combination(config, dataset)
+    _check_pretrained(config)
+    trainer = _trainer_class(config.backend)(config, dataset)
+    # only now, with every option checked: a bad one leaves no directory (nor, with
+    # --force, deletes the previous run)
+    out = runs.prepare_run_dir(out, force=args.force)
+    config.versions = _versions(config.backend)
+    runs.write_json(out / runs.CONFIG, config.to_dict())
+    history: list[dict] = []
+    _fit(trainer, config, dataset, out, history, 0, quiet=args.quiet)
+    return _finish(trainer, config, dataset, out, history, args.quiet)
+
+
+def _resume(args) -> int:
+    """``--resume DIR``: continue to ``config.epochs`` (or a larger ``--epochs``); a run
+    that has trained all its epochs is left as it is."""
+    out = Path(args.resume)
+    config = Config.from_dict(runs.read_json(out / runs.CONFIG))
+    saved_epochs = config.epochs
+    if args.epochs_given:
+        if args.epochs < 1:
+            raise UsageError("--epochs must be >= 1")
+        config.epochs = args.epochs  # before the Trainer: its schedule depends on it
     dataset = _load_dataset(config)
     trainer = _trainer_class(config.backend)(config, dataset)
-    history, start = [], 0
-    if args.resume:
-        extra = trainer.load(out / runs.CHECKPOINT)
-        history, start = extra["history"], extra["epoch"]
+    extra = trainer.load(out / runs.CHECKPOINT)
+    history, done = extra["history"], extra["epoch"]
+    if config.epochs < done:
+        raise UsageError(
+            f"{out} has trained {done} epochs already; --epochs {config.epochs} would shorten "
+            f"it. Pass --epochs {done + 1} or more to continue it, or leave --epochs out."
+        )
+    if done == config.epochs and (out / runs.METRICS).is_file():
+        print(
+            f"{out} is complete: {done} of {config.epochs} epochs trained, nothing to do. "
+            f"Pass --resume {out} --epochs N with N > {done} to train it further."
+        )
+        return 0
+    if config.epochs != saved_epochs:
         runs.write_json(out / runs.CONFIG, config.to_dict())
-    _fit(trainer, config, dataset, out, history, start, quiet=args.quiet)
-    metrics = evaluate_run(trainer, config, dataset, out, history, quiet=args.quiet)
+    _fit(trainer, config, dataset, out, history, done, quiet=args.quiet)
+    return _finish(trainer, config, dataset, out, history, args.quiet)
+
+
+def _finish(trainer, config, dataset, out, history, quiet) -> int:
+    metrics = evaluate_run(trainer, config, dataset, out, history, quiet=quiet)
     from vdppl.report import build_report
 
     report = build_report(out)
-    if not args.quiet:
+    if not quiet:
         print(_summary(metrics))
     print(f"report: {report}")
     return 0
+
+
+#: Task and input shape of each dataset, as documented in :mod:`vdppl.data`: only to
+#: suggest datasets in messages (the checks use the loaded data).
+_DATASET_INFO = {
+    "digits": ("classification", (1, 8, 8)),
+    "mnist5k": ("classification", (1, 28, 28)),
+    "fashion-mnist": ("classification", (1, 28, 28)),
+    "mnist": ("classification", (1, 28, 28)),
+    "cifar10": ("classification", (3, 32, 32)),
+    "toy1d": ("regression", (1,)),
+    "boston": ("regression", (13,)),
+    "diabetes": ("regression", (10,)),
+}
+
+
+def _arch_problem(arch: str, input_shape: tuple[int, ...]) -> str | None:
+    """Why ``arch`` cannot take examples of ``input_shape`` (channels first), or None:
+    the shape arithmetic of its convolutions and poolings, without a backend."""
+    from vdppl import models
+
+    shape = tuple(input_shape)
+    for spec in models.architecture(arch, 1):
+        if isinstance(spec, (models.Conv, models.MaxPool)):
+            if len(shape) != 3:
+                return f"it needs image inputs (channels, height, width), not shape {shape}"
+            channels, *hw = shape
+            if isinstance(spec, models.Conv):
+                channels = spec.features
+                hw = [(d + 2 * spec.padding - spec.kernel) // spec.stride + 1 for d in hw]
+            else:
+                hw = [d // spec.size for d in hw]
+            if min(hw) < 1:
+                return f"its {spec} leaves nothing of {input_shape[1]}x{input_shape[2]} images"
+            shape = (channels, *hw)
+        elif isinstance(spec, models.Flatten):
+            shape = (math.prod(shape),)
+        elif isinstance(spec, models.Dense):
+            shape = (spec.features,)
+    return None
+
+
+def _check_combination(config: Config, dataset) -> None:
+    """Architecture vs the dataset's inputs, and task-specific options, before anything
+    is written."""
+    from vdppl.models import ARCHITECTURES
+
+    problem = _arch_problem(config.arch, dataset.input_shape)
+    if problem:
+        archs = [a for a in ARCHITECTURES if _arch_problem(a, dataset.input_shape) is None]
+        datasets = [
+            d
+            for d, (_, shape) in _DATASET_INFO.items()
+            if _arch_problem(config.arch, shape) is None
+        ]
+        raise UsageError(
+            f"--arch {config.arch} does not fit --dataset {config.dataset} (inputs of shape "
+            f"{tuple(dataset.input_shape)}): {problem}. Architectures for {config.dataset}: "
+            f"{', '.join(archs)}; datasets for {config.arch}: {', '.join(datasets)}"
+        )
+    if dataset.task == "classification" and config.obs_noise != "learned":
+        raise UsageError(
+            f"--obs-noise is for regression datasets ({', '.join(_datasets_of('regression'))}); "
+            f"{config.dataset} is a classification dataset: leave --obs-noise out"
+        )
+
+
+def _datasets_of(task: str) -> list[str]:
+    return [d for d, (t, _) in _DATASET_INFO.items() if t == task]
+
+
+def _check_pretrained(config: Config) -> None:
+    """``--pretrained RUN`` must be a run directory of the same dataset, architecture,
+    hidden sizes and backend."""
+    if config.pretrained:
+        try:
+            runs.check_pretrained(config.pretrained, config)
+        except (ValueError, FileNotFoundError) as err:
+            raise UsageError(
+                f"{err}; --pretrained needs a run of the same --dataset, --arch, --hidden "
+                "and --backend (e.g. one trained with --method map)"
+            ) from err
 
 
 def _default_out(config: Config) -> Path:
@@ -228,7 +346,7 @@ def evaluate_run(trainer, config, dataset, out, history, quiet=True) -> dict:
             include_x=include_x,
             progress=not quiet,
         )
-        idata.to_netcdf(out / runs.IDATA)
+        runs.write_idata(out / runs.IDATA, idata)
         import warnings
 
         with warnings.catch_warnings(record=True) as caught:
@@ -238,6 +356,9 @@ def evaluate_run(trainer, config, dataset, out, history, quiet=True) -> dict:
         result["elpd_loo_se"] = elpd["se"]
         result["pareto_k_share_above_0.7"] = elpd["pareto_k_share_above_0.7"]
         result["loo_warning"] = "; ".join(str(w.message) for w in caught) or None
+    else:
+        result["elpd_loo"] = None
+        result["elpd_loo_reason"] = MAP_LOO_REASON
     if dataset.task == "classification":
         probs = (
             _softmax(idata.posterior_predictive["logits"].values[0])
@@ -247,12 +368,18 @@ def evaluate_run(trainer, config, dataset, out, history, quiet=True) -> dict:
         result.update(metrics.classification_metrics(probs, dataset.y_test))
         result["test_error_predictive"] = 1.0 - result.pop("accuracy")
         result["test_error"] = float(np.mean(outputs.argmax(-1) != dataset.y_test))
+        result["test_lpd"] = -result["nll"] * len(dataset.y_test)
     else:
-        draws = _regression_draws(idata, outputs)
-        scaled = metrics.regression_metrics(draws * dataset.y_std, dataset.y_test * dataset.y_std)
-        result.update(scaled)
+        result.update(_regression_metrics(trainer, config, dataset, idata, outputs))
     runs.write_json(out / runs.METRICS, result)
     return result
+
+
+#: Why a MAP run's metrics.json has ``"elpd_loo": null``.
+MAP_LOO_REASON = (
+    "PSIS-LOO needs posterior draws and a MAP run is a point estimate; test_lpd is its "
+    "held-out log predictive density instead"
+)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -261,16 +388,63 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(-1, keepdims=True)
 
 
-def _regression_draws(idata, outputs):
+def _regression_metrics(trainer, config, dataset, idata=None, outputs=None) -> dict:
+    """RMSE, Gaussian NLL, interval coverage and ``test_lpd`` (the summed held-out log
+    predictive density) on the targets' original scale.
+
+    Variational runs: of the posterior predictive draws of ``idata`` (made here when not
+    given). MAP: of ``Normal(point prediction, sigma)`` with the fitted (or fixed)
+    observation noise ``sigma``, which ``obs_noise_std`` reports.
+    """
+    from statistics import NormalDist
+
+    from vdppl.diagnostics import metrics
+
+    scale, n = float(dataset.y_std), len(dataset.y_test)
+    y = dataset.y_test.astype(np.float64) * scale
+    if config.method == "map":
+        if outputs is None:
+            outputs = trainer.pruned_outputs(dataset.x_test)
+        mean = outputs.astype(np.float64) * scale
+        sigma = _observation_sigma(trainer, config) * scale
+        std = np.full_like(mean, sigma)
+        result = {"rmse": metrics.rmse(mean, y), "gaussian_nll": metrics.gaussian_nll(mean, std, y)}
+        for level in (0.5, 0.9, 0.95):
+            z = NormalDist().inv_cdf((1 + level) / 2)
+            result[f"coverage_{level:g}"] = float(np.mean(np.abs(y - mean) <= z * sigma))
+        result["obs_noise_std"] = sigma
+        result["test_lpd"] = -result["gaussian_nll"] * n
+        return result
     if idata is None:
-        return outputs[None]
-    return idata.posterior_predictive["y"].values[0]
+        idata = trainer.inference_data(
+            dataset.x_test, dataset.y_test, config.eval_samples, include_x=False
+        )
+    draws = idata.posterior_predictive["y"].values[0]
+    result = metrics.regression_metrics(draws * scale, y)
+    log_lik = idata.log_likelihood["y"].values[0].astype(np.float64)  # (draws, n)
+    top = log_lik.max(0)
+    lpd = top + np.log(np.mean(np.exp(log_lik - top), axis=0))  # log mean_s p(y_i | w_s)
+    result["test_lpd"] = float(lpd.sum() - n * np.log(scale))
+    return result
+
+
+def _observation_sigma(trainer, config) -> float:
+    """The observation noise std of a regression run (standardized scale): fixed by
+    ``--obs-noise`` or the fitted point estimate in the backend's parameters."""
+    if config.obs_noise != "learned":
+        return float(config.obs_noise)
+    if config.backend == "numpyro":
+        return float(trainer.params["obs_noise"])
+    import pyro
+
+    return float(pyro.param("obs_noise").detach())
 
 
 def _summary(metrics: dict) -> str:
     keys = (
         "test_error",
         "nll",
+        "test_lpd",
         "ece",
         "rmse",
         "gaussian_nll",
@@ -289,25 +463,33 @@ def evaluate(args) -> int:
     if args.data_root:
         config.data_root = args.data_root
     dataset = _load_dataset(config)
-    trainer = _trainer_class(config.backend)(config, dataset)
-    extra = trainer.load(run / runs.CHECKPOINT)
-    from vdppl.diagnostics import metrics
-
-    draws = (
-        trainer.predictive_probs(dataset.x_test, config.eval_samples)
-        if dataset.task == "classification"
-        else None
-    )
-    result = {"run": str(run), "dataset": config.dataset, "epochs": extra["epoch"]}
-    if draws is not None:
-        result.update(metrics.classification_metrics(draws, dataset.y_test))
+    classification = dataset.task == "classification"
+    ood = None
     if args.dataset:
+        if not classification:
+            raise UsageError(
+                f"{run} is a regression run (dataset {config.dataset}): OOD detection "
+                "with --dataset compares predictive class entropies, so it needs a "
+                f"classification run ({', '.join(_datasets_of('classification'))}). "
+                f"Run 'vdppl evaluate {run}' without --dataset for its regression metrics."
+            )
         ood = _load_dataset(config, args.dataset)
         if tuple(ood.input_shape) != tuple(dataset.input_shape):
             raise UsageError(
                 f"--dataset {args.dataset} has inputs of shape {tuple(ood.input_shape)}, the run "
                 f"was trained on {tuple(dataset.input_shape)}; OOD detection needs the same shape"
             )
+    trainer = _trainer_class(config.backend)(config, dataset)
+    extra = trainer.load(run / runs.CHECKPOINT)
+    from vdppl.diagnostics import metrics
+
+    result = {"run": str(run), "dataset": config.dataset, "epochs": extra["epoch"]}
+    if classification:
+        draws = trainer.predictive_probs(dataset.x_test, config.eval_samples)
+        result.update(metrics.classification_metrics(draws, dataset.y_test))
+    else:
+        result.update(_regression_metrics(trainer, config, dataset))
+    if ood is not None:
         in_dec = metrics.entropy_decomposition(draws)
         out_dec = metrics.entropy_decomposition(
             trainer.predictive_probs(ood.x_test, config.eval_samples)

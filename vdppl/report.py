@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from vdppl import runs
-from vdppl._io import atomic_write
 from vdppl.sparsity import LayerSparsity, SparsityReport
 
 __all__ = ["build_report"]
@@ -167,5 +166,5 @@ img {{ max-width: 520px; }}
 </body></html>
 """
     path = run / runs.REPORT
-    atomic_write(path, lambda tmp: Path(tmp).write_text(page))
+    runs.atomic_write(path, lambda tmp: Path(tmp).write_text(page))
     return path

@@ -3,13 +3,16 @@
 A run directory holds ``config.json`` (every setting, library versions, seed),
 ``checkpoint`` (resumable; replaced atomically after every epoch), ``history.csv`` (one
 row per epoch), ``metrics.json``, ``idata.nc`` (ArviZ netCDF), ``report.html`` and the
-PNG plots. Nothing here imports a backend.
+PNG plots; ``vdppl evaluate`` adds ``evaluation*.json`` and ``ood-*.npz``. Files are
+written atomically (:func:`atomic_write`) with the permissions a plain ``open()`` gives.
+Nothing here imports a backend.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import fnmatch
 import io
 import json
 import math
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vdppl._io import atomic_write
+from vdppl import _io
 
 __all__ = [
     "BACKENDS",
@@ -29,8 +32,11 @@ __all__ = [
     "METHODS",
     "METRICS",
     "REPORT",
+    "RUN_FILES",
     "Config",
+    "atomic_write",
     "check_pretrained",
+    "check_run_dir",
     "guide_options",
     "kl_weight_at",
     "lr_factor_at",
@@ -38,11 +44,33 @@ __all__ = [
     "read_history",
     "read_json",
     "write_history",
+    "write_idata",
     "write_json",
 ]
 
 CONFIG, CHECKPOINT, HISTORY = "config.json", "checkpoint", "history.csv"
 METRICS, IDATA, REPORT = "metrics.json", "idata.nc", "report.html"
+#: Names (glob patterns) of the files vdppl writes in a run directory: ``train``,
+#: ``evaluate`` (evaluation*.json, ood-*.npz) and ``report`` (the PNG plots), and the
+#: temporary files of an interrupted atomic write (``.<name>.<random>.tmp``).
+RUN_FILES = (
+    CONFIG,
+    CHECKPOINT,
+    HISTORY,
+    METRICS,
+    IDATA,
+    REPORT,
+    "evaluation.json",
+    "evaluation-*.json",
+    "ood-*.npz",
+    "training.png",
+    "sparsity.png",
+    "log_alpha.png",
+    "mask.png",
+    "reliability.png",
+    "ppc.png",
+    "entropy-*.png",
+)
 
 BACKENDS = ("pyro", "numpyro")
 #: sparse-vd: Molchanov et al. 2017; vd-a / vd-b: Kingma et al. 2015 (per input unit /
@@ -188,23 +216,81 @@ def lr_factor_at(epoch: int, epochs: int, schedule: str) -> float:
     return 1.0 if epoch < half else max(0.0, (epochs - epoch) / max(1, epochs - half))
 
 
-def prepare_run_dir(out: str | os.PathLike, force: bool = False) -> Path:
-    """Create the run directory; an existing non-empty one is an error unless ``force``."""
+def _is_run_file(path: Path) -> bool:
+    """Whether ``path`` is a file that vdppl writes in a run directory (:data:`RUN_FILES`)."""
+    if path.is_dir() and not path.is_symlink():
+        return False
+    name = path.name
+    if name.startswith(".") and name.endswith(".tmp"):  # .<name>.<random>.tmp
+        name = name[1:].rsplit(".", 2)[0]
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in RUN_FILES)
+
+
+def check_run_dir(out: str | os.PathLike, force: bool = False) -> list[Path]:
+    """The files that ``prepare_run_dir(out, force)`` would delete; raise
+    ``FileExistsError`` (saying what to do) if it would refuse. Deletes nothing."""
     path = Path(out)
     if path.exists() and not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not force:
+        raise FileExistsError(f"{path} exists and is not a directory; choose another --out")
+    entries = sorted(path.iterdir()) if path.is_dir() else []
+    if not entries:
+        return []
+    if not (path / CONFIG).is_file():
+        shown = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(
+            f"{path} is not empty ({shown}) and has no {CONFIG}, so it is not a vdppl run "
+            "directory: --force only replaces a previous run. Choose a new or empty --out."
+        )
+    if not force:
         raise FileExistsError(
             f"{path} already holds a run; pass --force to overwrite it, --resume {path} to "
             "continue it, or choose another --out"
         )
+    foreign = [p for p in entries if not _is_run_file(p)]
+    if foreign:
+        shown = ", ".join(p.name for p in foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise FileExistsError(
+            f"{path} holds files that vdppl did not write ({shown}); --force deletes only a "
+            "run's own files. Move them out of the run directory, or choose another --out."
+        )
+    return entries
+
+
+def prepare_run_dir(out: str | os.PathLike, force: bool = False) -> Path:
+    """Create the run directory. An existing non-empty one is an error unless ``force``;
+    with ``force`` the previous run's files (:data:`RUN_FILES`) are deleted, so the
+    directory holds only the new run's. A non-empty directory without ``config.json``, or
+    one holding any other file, is never touched (``FileExistsError``)."""
+    path = Path(out)
+    for stale in check_run_dir(path, force):
+        stale.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+#: Files written whole or not at all, with the mode ``open()`` would give them.
+atomic_write = _io.atomic_write
+
+
 def write_json(path: Path, data: dict) -> Path:
-    text = json.dumps(data, indent=2, sort_keys=True, default=_json_default)
+    """Strict JSON (no ``NaN`` or ``Infinity``: a non-finite number is written ``null``)."""
+    text = json.dumps(
+        _finite(data), indent=2, sort_keys=True, default=_json_default, allow_nan=False
+    )
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+
+
+def _finite(value):
+    """``value`` with NumPy scalars and arrays as Python values and NaN / infinities as None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return _finite(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _json_default(value):
@@ -228,6 +314,11 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+
+
+def write_idata(path: Path, idata) -> Path:
+    """``idata.to_netcdf``, atomically: a reader never sees a partly written ``idata.nc``."""
+    return atomic_write(path, lambda tmp: idata.to_netcdf(tmp))
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
