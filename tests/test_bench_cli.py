@@ -124,6 +124,19 @@ def test_sparsify_smoke_schema(backend, recipe, capsys):
     )
 
 
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+def test_gradreg_smoke_schema(backend, capsys):
+    out = run_bench(capsys, "gradreg", "--smoke", "--backend", backend, "--datasets", "digits")
+    assert out["backend"] == backend and out["smoke"] is True
+    methods = [r["method"] for r in out["runs"]]
+    assert methods == ["map", "sparse-vd", "gradreg", "gradreg+variance-lr"]
+    for r in out["runs"]:
+        assert (r["dataset"], r["arch"], r["test_examples"]) == ("digits", "lenet300", 100)
+        assert 0 <= r["test_error"] <= 1 and 0 <= r["ece"] <= 1
+        assert finite_positive(r["nll"]) and finite_positive(r["brier"])
+    assert [r["variance_lr"] for r in out["runs"]] == [None, None, None, 1e-2]
+
+
 def test_sparsify_prints_the_recipe(capsys):
     pytest.importorskip("pyro")
     from vdppl.cli import main

@@ -16,11 +16,17 @@ JSON of each kind (extra keys are allowed and documented where they are made):
   "deterministic": m}, "arch", "backend", "batch_size", ...}``
 * ``sparsify``: ``{"runs": [{"arch", "dataset", "method", "recipe", "test_error",
   "compression", "layers", "units_removed", "inference_ms", ...}], ...}``
+* ``gradreg``: ``{"runs": [{"dataset", "arch", "method", "test_error", "nll", "ece",
+  "brier", "train_seconds", ...}], ...}``
 
 [1] Kingma, Salimans, Welling (2015) "Variational Dropout and the Local
     Reparameterization Trick", arXiv:1506.02557.
 [2] Molchanov, Ashukha, Vetrov (2017) "Variational Dropout Sparsifies Deep Neural
     Networks", ICML, arXiv:1701.05369.
+[3] Unlu, Aitchison (2020) "Gradient Regularisation as Approximate Variational
+    Inference", arXiv:2011.10443.
+[4] Unlu, Aitchison (2021) "Variational Laplace for Bayesian neural networks",
+    arXiv:2103.00222.
 """
 
 from __future__ import annotations
@@ -333,7 +339,6 @@ def bench_variance(args) -> dict:
 
 def bench_sparsify(args) -> dict:
     """Dense (MAP) and sparse VD runs of each architecture on each dataset."""
-    from vdppl.cli import _load_dataset, _trainer_class
     from vdppl.runs import Config
 
     if args.smoke:
@@ -363,14 +368,7 @@ def bench_sparsify(args) -> dict:
                         limit_test=100 if args.smoke else None,
                         pretrained=tmp if method != "map" and recipe == "pretrained" else None,
                     ).validate()
-                    data = _load_dataset(config)
-                    trainer = _trainer_class(args.backend)(config, data)
-                    start = time.perf_counter()
-                    for epoch in range(config.epochs):
-                        row = trainer.epoch(epoch)
-                        if method != "map":
-                            _check_kl_weight(row, epoch, config, args.backend)
-                    seconds = time.perf_counter() - start
+                    trainer, data, seconds = _train(config)
                     if method == "map" and recipe == "pretrained":
                         _save_run(trainer, config, Path(tmp))
                     results[method] = _sparsify_record(trainer, config, data, seconds, recipe)
@@ -389,6 +387,107 @@ def bench_sparsify(args) -> dict:
         "seed": args.seed,
         "machine": machine_info(),
     }
+
+
+def bench_gradreg(args) -> dict:
+    """MAP, sampling VI and the gradient-regularised objective, trained alike ([3]'s claim).
+
+    For each dataset, the same network (``--arch``), prior and training budget (epochs,
+    batch size, Adam at ``--lr`` with the paper schedule, KL warm-up) for:
+
+    * ``map``: the point estimate under a Normal(0, 1) prior (``vdppl train --method map``);
+    * ``sparse-vd``: sampling VI, the Monte Carlo ELBO with the local reparameterization,
+      log-uniform prior, factorised Gaussian posterior with a learned variance per weight;
+    * ``gradreg``: the same prior and posterior family, fitted with [3]'s deterministic
+      objective (:class:`vdppl.pyro.GradientRegularizedELBO` / its NumPyro twin) at ``--lr``;
+    * ``gradreg+variance-lr``: the same with the variance parameters at ``--variance-lr``
+      ([3] and [4] warn that the variances converge slowly at the means' learning rate).
+
+    Test error, NLL and expected calibration error (15 equal-width bins) come from the
+    posterior predictive, ``mean_s p(y | x, w_s)`` over ``--eval-samples`` LRT draws (MAP:
+    the point estimate), on the test split; the draws are of the whole posterior (no
+    pruning).
+    """
+    from vdppl.diagnostics import metrics
+    from vdppl.runs import Config
+
+    if args.smoke:
+        args.epochs, args.warmup, args.warmup_start, args.eval_samples = 1, 1, 0, 4
+    variants = {
+        "map": ("map", None),
+        "sparse-vd": ("sparse-vd", None),
+        "gradreg": ("gradreg", None),
+        "gradreg+variance-lr": ("gradreg", args.variance_lr),
+    }
+    runs = []
+    for dataset in args.datasets:
+        for label, (method, variance_lr) in variants.items():
+            config = Config(
+                backend=args.backend,
+                dataset=dataset,
+                data_root=args.data_root,
+                arch=args.arch,
+                method=method,
+                epochs=args.epochs,
+                lr=args.lr,
+                variance_lr=variance_lr,
+                warmup=args.warmup,
+                warmup_start=args.warmup_start,
+                batch_size=args.batch_size,
+                lr_schedule="paper",
+                seed=args.seed,
+                eval_samples=args.eval_samples,
+                limit_train=300 if args.smoke else None,
+                limit_test=100 if args.smoke else None,
+            ).validate()
+            trainer, data, seconds = _train(config)
+            draws = 1 if method == "map" else config.eval_samples
+            scores = metrics.classification_metrics(
+                trainer.predictive_probs(data.x_test, draws), data.y_test
+            )
+            runs.append(
+                {
+                    "dataset": dataset,
+                    "arch": args.arch,
+                    "method": label,
+                    "variance_lr": variance_lr,
+                    "test_error": 1.0 - scores["accuracy"],
+                    "nll": scores["nll"],
+                    "ece": scores["ece"],
+                    "brier": scores["brier"],
+                    "train_seconds": seconds,
+                    "epochs": config.epochs,
+                    "train_examples": len(data.x_train),
+                    "test_examples": len(data.x_test),
+                }
+            )
+    return {
+        "runs": runs,
+        "backend": args.backend,
+        "smoke": args.smoke,
+        "lr": args.lr,
+        "variance_lr": args.variance_lr,
+        "eval_samples": args.eval_samples,
+        "kl_warmup": {"start": args.warmup_start, "end": args.warmup},
+        "lr_schedule": "paper: constant for half the epochs, then linear to 0",
+        "seed": args.seed,
+        "machine": machine_info(),
+    }
+
+
+def _train(config):
+    """Train a run of ``config`` in memory: ``(trainer, dataset, seconds)``. Stops if the
+    trainer's KL weight is not the warm-up schedule of ``config``."""
+    from vdppl.cli import _load_dataset, _trainer_class
+
+    data = _load_dataset(config)
+    trainer = _trainer_class(config.backend)(config, data)
+    start = time.perf_counter()
+    for epoch in range(config.epochs):
+        row = trainer.epoch(epoch)
+        if config.method != "map":
+            _check_kl_weight(row, epoch, config, config.backend)
+    return trainer, data, time.perf_counter() - start
 
 
 def _check_kl_weight(row: Mapping[str, Any], epoch: int, config, backend: str) -> None:
@@ -491,6 +590,17 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
                     f"    {name:<24}{v['bottom']:12.3e}{v['top']:12.3e}"
                     f"{r['bottom']:11.2f}{r['top']:11.2f}"
                 )
+    elif kind == "gradreg":
+        print(
+            f"MAP vs sampling VI vs gradient regularisation, {out['backend']}, lr {out['lr']}, "
+            f"{out['eval_samples']} predictive draws"
+        )
+        print(f"{'dataset':<15}{'arch':<10}{'method':<21}{'error':>8}{'NLL':>8}{'ECE':>8}{'s':>8}")
+        for r in out["runs"]:
+            print(
+                f"{r['dataset']:<15}{r['arch']:<10}{r['method']:<21}{r['test_error']:8.4f}"
+                f"{r['nll']:8.4f}{r['ece']:8.4f}{r['train_seconds']:8.1f}"
+            )
     else:
         print(
             f"sparsify, {out['backend']}: KL weight 0 until epoch {out['kl_warmup']['start']}, "
@@ -521,11 +631,14 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
 def add_parser(sub) -> None:
     """The ``bench`` sub-command and its three kinds."""
     bench = sub.add_parser("bench", help="reproduce the papers' measurements")
-    kinds = bench.add_subparsers(dest="kind", metavar="{variance,speed,sparsify}", required=True)
+    kinds = bench.add_subparsers(
+        dest="kind", metavar="{variance,speed,sparsify,gradreg}", required=True
+    )
     for kind, helptext in (
         ("variance", "gradient variance of three estimators (Kingma et al. Table 1)"),
         ("speed", "ms per SVI step against hand-written code"),
         ("sparsify", "dense vs sparse VD: error, compression, inference time"),
+        ("gradreg", "MAP vs sampling VI vs gradient regularisation: error, NLL, ECE"),
     ):
         p = kinds.add_parser(kind, help=helptext)
         p.add_argument("--backend", default="pyro", choices=("pyro", "numpyro"))
@@ -554,13 +667,34 @@ def add_parser(sub) -> None:
                 "--warmup-start", type=int, default=5, help="KL weight 0 before this epoch"
             )
             p.add_argument("--lr", type=float, default=1e-3)
+        if kind == "gradreg":
+            p.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"])
+            p.add_argument("--data-root", help="directory with the datasets' files")
+            p.add_argument("--arch", default="lenet300", choices=ARCHS)
+            p.add_argument("--epochs", type=int, default=30)
+            p.add_argument("--warmup", type=int, default=10, help="KL weight 1 from this epoch")
+            p.add_argument(
+                "--warmup-start", type=int, default=0, help="KL weight 0 before this epoch"
+            )
+            p.add_argument("--lr", type=float, default=1e-3)
+            p.add_argument(
+                "--variance-lr",
+                type=float,
+                default=1e-2,
+                help="learning rate of the variances in the gradreg+variance-lr row",
+            )
+            p.add_argument("--eval-samples", type=int, default=100)
         p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    out = {"speed": bench_speed, "variance": bench_variance, "sparsify": bench_sparsify}[args.kind](
-        args
-    )
+    kinds = {
+        "speed": bench_speed,
+        "variance": bench_variance,
+        "sparsify": bench_sparsify,
+        "gradreg": bench_gradreg,
+    }
+    out = kinds[args.kind](args)
     if args.json:
         print(json.dumps(out))
     else:

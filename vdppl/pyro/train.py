@@ -189,6 +189,7 @@ class Trainer:
                 x,
                 mode="lrt",
                 num_samples=num_samples,
+                threshold=self.config.threshold,
                 return_sites=["logits"],
             )["logits"]
         return torch.softmax(logits, -1).numpy()
