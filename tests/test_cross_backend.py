@@ -21,7 +21,7 @@ import numpyro.distributions as ndist  # noqa: E402
 import pyro  # noqa: E402
 import pyro.distributions as pdist  # noqa: E402
 from numpyro.distributions.kl import kl_divergence as jax_kl  # noqa: E402
-from numpyro.handlers import seed, trace  # noqa: E402
+from numpyro.handlers import seed, substitute, trace  # noqa: E402
 from torch.distributions import kl_divergence as torch_kl  # noqa: E402
 
 import vdppl.numpyro as vdj  # noqa: E402
@@ -262,3 +262,48 @@ def test_same_masks_in_multiplicative_mode(alpha_shape):
         assert (lt.shape, lt.kept, lt.dead_outputs, lt.dead_inputs) == (
             lj.shape, lj.kept, lj.dead_outputs, lj.dead_inputs,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize("max_log_alpha", [0.0, None], ids=["kingma", "molchanov"])
+def test_same_unit_alpha_of_a_grouped_conv(max_log_alpha):
+    """Variational dropout A on a grouped conv (4 -> 6 channels, 2 groups): the same rate
+    per input channel on both sides gives the same per-weight log alpha, variance and KL."""
+    x = RNG.normal(size=(1, 4, 5, 5)).astype(np.float32)
+    options = {"noise": "multiplicative", "alpha_shape": "unit", "max_log_alpha": max_log_alpha}
+    theta = RNG.normal(scale=0.3, size=(6, 2, 3, 3)).astype(np.float32)  # (out, in/g, kh, kw)
+    rates = np.array([-1.5, -6.0, -0.5, -3.0], np.float32)  # rate of input channel c
+
+    pyro.clear_param_store()
+    bnn_t = vdt.bayesianize(torch.nn.Conv2d(4, 6, 3, groups=2))
+    guide_t = vdt.AutoVariationalDropout(lambda x: bnn_t(x), **options)
+    guide_t(torch.tensor(x))
+    store = pyro.get_param_store()
+    (key,) = [k for k in store.keys() if "log_alpha" in k]
+    assert tuple(store[key].shape) == (2, 1, 2, 1, 1)  # [g, 0, j]: channel g * 2 + j
+    store[key] = torch.tensor(rates.reshape(2, 1, 2, 1, 1))
+    store["AutoVariationalDropout.theta.weight"] = torch.tensor(theta)
+
+    def model_j(x):  # as flax.linen.Conv(6, (3, 3), feature_group_count=2)
+        init = to_flax(theta)
+        return vdj.nn.conv("conv", x, 6, (3, 3), padding="VALID", feature_group_count=2, init=init)
+
+    x_j = jnp.asarray(channels_last(x))
+    guide_j = vdj.AutoVariationalDropout(model_j, **options)
+    tr = trace(seed(guide_j, 0)).get_trace(x_j)
+    params = {n: s["value"] for n, s in tr.items() if s["type"] == "param"}
+    assert params["log_alpha.conv.kernel"].shape == (1, 1, 2, 2, 1)  # [0, 0, j, g, 0]
+    params["log_alpha.conv.kernel"] = jnp.asarray(rates.reshape(2, 2).T[None, None, :, :, None])
+    assert np.array_equal(params["theta.conv.kernel"], to_flax(theta))
+
+    channel = (np.arange(6) // 3)[:, None] * 2 + np.arange(2)  # torch weight [o, j]
+    expected = np.broadcast_to(rates[channel][..., None, None], theta.shape)
+    # Pyro stores an interval-constrained parameter through its logit: float32 round trip
+    close(guide_t.log_alpha()["weight"], expected, atol=2e-6, rtol=0)
+    close(guide_j.log_alpha(params)["conv.kernel"], to_flax(expected), atol=0, rtol=0)
+    # the guides' sample sites: the distributions that sampling, the LRT and the KL use
+    fn_t = pyro.poutine.trace(guide_t).get_trace(torch.tensor(x)).nodes["weight"]["fn"]
+    fn_j = trace(seed(substitute(guide_j, data=params), 0)).get_trace(x_j)["conv.kernel"]["fn"]
+    close(to_flax(fn_t.variance.detach().numpy()), fn_j.variance, atol=0, rtol=1e-5)
+    kl_t = torch_kl(fn_t, vdt.LogUniform().expand(theta.shape).to_event(4)).item()
+    kl_j = jax_kl(fn_j, vdj.LogUniform().expand(to_flax(theta).shape).to_event(4))
+    close(kl_t, kl_j, rtol=1e-5)  # a sum of 108 float32 terms

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 import pytest
-from numpyro.handlers import seed, trace
+from numpyro.handlers import seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO, init_to_value
 from numpyro.infer.autoguide import AutoNormal
 
@@ -104,6 +104,66 @@ def test_multiplicative_alpha_shapes(alpha_shape, expected):
     assert guide.kl_approximation == "kingma"
     fn = guide.get_posterior(params, "Dense_0.kernel")
     assert_close(fn.scale**2, jnp.exp(la) * fn.loc**2, atol=1e-7)
+
+
+CONV_X = normal(1, 5, 5, 4, seed=2)  # channels last: 4 input channels
+
+
+def grouped_conv_model(kind, groups):
+    """A 3x3 conv with 4 inputs and 6 outputs, written functionally or with Flax."""
+    if kind == "flax":
+        conv = nn.Conv(6, (3, 3), feature_group_count=groups, padding="VALID")
+        bnn = vd.bayesianize(conv, CONV_X, variables=variables_like(conv, CONV_X))
+        return "kernel", lambda x: bnn(x)
+    init = normal(3, 3, 4 // groups, 6, seed=3)
+    return "c.kernel", lambda x: vd.nn.conv(
+        "c", x, 6, (3, 3), feature_group_count=groups, init=init
+    )
+
+
+@pytest.mark.parametrize("kind", ["functional", "flax"])
+def test_unit_alpha_of_a_grouped_conv_is_one_per_input_channel(kind):
+    site, model = grouped_conv_model(kind, groups=2)  # kernel (3, 3, 2, 6): 3 outputs/group
+    guide = vd.AutoVariationalDropout(
+        model, noise="multiplicative", alpha_shape="unit", init_log_sigma2=-12.0
+    )
+    guide, params = setup_guide(model, CONV_X, guide=guide)
+    assert guide.groups == {site: 2}
+    assert guide.prototype_trace[site]["infer"][vd.nn.GROUPS_KEY] == 2
+    # kernel [..., j, o] reads input channel (o // 3) * 2 + j
+    channel = jnp.array([[(o // 3) * 2 + j for o in range(6)] for j in range(2)])
+    channel = jnp.broadcast_to(channel, (3, 3, 2, 6))
+    theta = params[f"theta.{site}"]
+    per_weight = -12.0 - jnp.log(theta**2 + 1e-8)
+    init = jnp.stack([per_weight[channel == c].mean() for c in range(4)])
+    log_alpha = params[f"log_alpha.{site}"]
+    assert log_alpha.shape == (1, 1, 2, 2, 1)  # entry [0, 0, j, g, 0]: channel g * 2 + j
+    assert_close(log_alpha[0, 0, :, :, 0].T.reshape(4), jnp.clip(init, -8.0, 0.0), atol=1e-5)
+
+    rates = jnp.array([-1.0, -2.0, -3.0, -4.0])  # rate of input channel c
+    params[f"log_alpha.{site}"] = rates.reshape(2, 2).T[None, None, :, :, None]
+    expected = rates[channel]
+    assert_close(guide.log_alpha(params)[site], expected, atol=0)
+    assert jnp.array_equal(guide.mask(params, threshold=-2.5)[site], channel >= 2)
+    fn = guide.get_posterior(params, site)
+    assert_close(fn.variance, jnp.exp(expected) * theta**2, rtol=1e-6)
+    kl = dist.kl_divergence(fn, vd.LogUniform().expand(theta.shape))
+    assert_close(kl, vdkl.kl_log_uniform(expected, "kingma"), rtol=1e-6)
+    q = guide.quantiles(params, [0.5, 0.8413447])[site]
+    assert_close(q[1] - q[0], jnp.exp(expected / 2) * jnp.abs(theta), rtol=1e-4)
+    # what the local reparameterization reads: the deferred site's variance
+    with vd.local_reparam():
+        tr = trace(seed(substitute(guide, data=params), 0)).get_trace(CONV_X)
+    assert_close(tr[f"{site}$lrt_variance"]["value"], fn.variance, atol=0)
+
+
+def test_unit_alpha_of_an_ungrouped_conv_is_unchanged():
+    site, model = grouped_conv_model("functional", groups=1)
+    guide = vd.AutoVariationalDropout(model, noise="multiplicative", alpha_shape="unit")
+    guide, params = setup_guide(model, CONV_X, guide=guide)
+    assert guide.groups == {site: 1}
+    assert vd.nn.GROUPS_KEY not in guide.prototype_trace[site]["infer"]
+    assert params[f"log_alpha.{site}"].shape == (1, 1, 4, 1)
 
 
 def test_unbounded_multiplicative_uses_molchanov():

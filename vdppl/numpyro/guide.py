@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any, NamedTuple
@@ -32,6 +33,7 @@ from vdppl.numpyro._checks import check_finite, is_concrete
 from vdppl.numpyro.distributions import DropoutNormal, is_log_uniform
 from vdppl.numpyro.init import init_to_module
 from vdppl.numpyro.local_reparam_messenger import GUIDE_FLAG, LRT_FLAG
+from vdppl.numpyro.nn import GROUPS_KEY
 from vdppl.options import (
     alpha_param_shape,
     check_guide_options,
@@ -63,6 +65,31 @@ class _Site(NamedTuple):
     local_reparam: bool
     transform: Transform | None  # unconstrained -> support, None for the identity
     init: Any  # theta, or the unconstrained loc
+    groups: int = 1  # a grouped convolution's feature_group_count
+
+
+def _grouped(shape: tuple[int, ...], groups: int) -> tuple[int, ...]:
+    """A Flax conv kernel ``(*kernel, in/groups, out)`` viewed as ``(*kernel, in/groups,
+    groups, out/groups)``: entry ``[..., j, g, o]`` connects input channel
+    ``g * in/groups + j`` to output channel ``g * out/groups + o``."""
+    return (*shape[:-1], groups, shape[-1] // groups)
+
+
+def _check_groups(name: str, shape: tuple[int, ...], groups: Any) -> int:
+    """The group count a site's ``infer`` gives, checked against its kernel's shape."""
+    try:
+        groups = operator.index(groups)
+    except TypeError:
+        groups = 0
+    if groups < 1:
+        raise ValueError(f"site {name!r}: {GROUPS_KEY} must be an int >= 1")
+    if groups > 1 and (len(shape) < 3 or shape[-1] % groups):
+        raise ValueError(
+            f"site {name!r} has {GROUPS_KEY}={groups}, which needs a convolution kernel "
+            f"(*kernel, in / groups, out) whose out-features divide by the groups; got shape "
+            f"{shape}"
+        )
+    return groups
 
 
 class AutoVariationalDropout(AutoGuide):
@@ -86,7 +113,14 @@ class AutoVariationalDropout(AutoGuide):
     rate per weight), ``"unit"`` (one rate per input unit: axis -2 of a Flax kernel
     ``(*kernel, in, out)``, Gaussian dropout of the layer's inputs as in variational
     dropout A, with noise independent per weight as the local reparameterization of a
-    factorized posterior samples it), ``"layer"`` (one rate).
+    factorized posterior samples it; for a grouped convolution, whose kernel is
+    ``(*kernel, in/groups, out)``, a parameter of shape ``(1, ..., 1, in/groups, groups,
+    1)`` broadcast over the kernel viewed as ``(*kernel, in/groups, groups, out/groups)``,
+    so that each of the ``in`` input channels has its own rate: input channel
+    ``g * in/groups + j`` has entry ``[..., j, g, 0]``), ``"layer"`` (one rate). The
+    group count comes from the kernel site's ``infer["vdppl_groups"]``
+    (:data:`vdppl.numpyro.nn.GROUPS_KEY`), which :func:`vdppl.numpyro.nn.conv` and
+    :func:`~vdppl.numpyro.bayesianize` set; a hand-written grouped site sets it too.
 
     Means start from each site's initial value (:func:`~vdppl.numpyro.init_to_module`:
     the layer's own initial or pretrained kernel) and ``log sigma^2 = init_log_sigma2``
@@ -243,8 +277,9 @@ class AutoVariationalDropout(AutoGuide):
                 )
         theta = jnp.asarray(site["value"])
         check_finite(theta, f"the initial value of site {name!r}")
+        groups = _check_groups(name, jnp.shape(theta), site["infer"].get(GROUPS_KEY, 1))
         lrt = bool(site["infer"].get(LRT_FLAG))
-        return _Site(name, frames, site["fn"].event_dim, True, lrt, None, theta)
+        return _Site(name, frames, site["fn"].event_dim, True, lrt, None, theta, groups)
 
     def _normal_site(self, name: str, site: dict, frames: tuple) -> _Site:
         with helpful_support_errors(site):
@@ -280,14 +315,29 @@ class AutoVariationalDropout(AutoGuide):
             specs["log_sigma2"] = (log_sigma2, constraints.real)
         elif self.fixed_alpha is None:
             per_weight = self.init_log_sigma2 - jnp.log(theta * theta + 1e-8)
-            shape = alpha_param_shape(jnp.shape(theta), self.alpha_shape, unit_axis=-2)
+            if self._grouped_units(site):  # one rate per input channel of every group
+                per_weight = jnp.reshape(per_weight, _grouped(jnp.shape(theta), site.groups))
+                shape = (*(1,) * (jnp.ndim(theta) - 2), jnp.shape(theta)[-2], site.groups, 1)
+            else:
+                shape = alpha_param_shape(jnp.shape(theta), self.alpha_shape, unit_axis=-2)
             axes = tuple(
-                i for i, (a, b) in enumerate(zip(shape, jnp.shape(theta), strict=True)) if a != b
+                i
+                for i, (a, b) in enumerate(zip(shape, jnp.shape(per_weight), strict=True))
+                if a != b
             )
             log_alpha = jnp.mean(per_weight, axis=axes, keepdims=True) if axes else per_weight
             log_alpha = jnp.clip(log_alpha, vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha)
             specs["log_alpha"] = (log_alpha, constraints.real)
         return specs
+
+    def _grouped_units(self, site: _Site) -> bool:
+        """True if ``site`` has one learned rate per input channel of a grouped conv."""
+        return (
+            site.groups > 1
+            and self.alpha_shape == "unit"
+            and self.noise == "multiplicative"
+            and self.fixed_alpha is None
+        )
 
     def _values(self, site: _Site, params: dict) -> dict:
         try:
@@ -311,6 +361,9 @@ class AutoVariationalDropout(AutoGuide):
                 log_alpha = jnp.clip(
                     values["log_alpha"], vdkl.LOG_ALPHA_CLIP[0], self.max_log_alpha
                 )
+                if self._grouped_units(site):  # per input channel -> per weight
+                    grouped = _grouped(jnp.shape(theta), site.groups)
+                    log_alpha = jnp.reshape(jnp.broadcast_to(log_alpha, grouped), jnp.shape(theta))
             else:
                 log_alpha = jnp.full((1,) * jnp.ndim(theta), math.log(self.fixed_alpha))
             variance = jnp.exp(log_alpha) * theta * theta
@@ -371,6 +424,12 @@ class AutoVariationalDropout(AutoGuide):
         """Names of the sites with a log-uniform prior, in model order."""
         self._require_setup()
         return [s.name for s in self._sites if s.variational_dropout]
+
+    @property
+    def groups(self) -> dict[str, int]:
+        """``feature_group_count`` of each dropout site's layer (a grouped conv's; else 1)."""
+        self._require_setup()
+        return {s.name: s.groups for s in self._sites if s.variational_dropout}
 
     def _constrain(self, site: _Site, value):
         return value if site.transform is None else site.transform(value)

@@ -64,7 +64,13 @@ from vdppl.numpyro.distributions import LogUniform
 from vdppl.numpyro.init import INIT_KEY
 from vdppl.numpyro.local_reparam_messenger import LRT_FLAG
 
-__all__ = ["BayesianModule", "bayesianize", "conv", "dense", "weight_site"]
+__all__ = ["GROUPS_KEY", "BayesianModule", "bayesianize", "conv", "dense", "weight_site"]
+
+#: ``infer`` key under which a grouped convolution's kernel site gives the layer's
+#: ``feature_group_count`` (set when it is above 1), so that a guide can tell which input
+#: channel each weight of the ``(*kernel, in / groups, out)`` kernel reads (as
+#: :data:`vdppl.pyro.init.GROUPS_KEY` does for the Pyro backend).
+GROUPS_KEY = "vdppl_groups"
 
 
 def _check_prior(prior: Any) -> Distribution:
@@ -96,10 +102,17 @@ def _kernel_init(init: Any, shape: tuple[int, ...], where: str):
     return init
 
 
-def weight_site(name: str, shape: tuple[int, ...], prior: Distribution, init: Any):
-    """Sample a kernel site with ``prior`` expanded to ``shape``, marked for the LRT."""
+def weight_site(name: str, shape: tuple[int, ...], prior: Distribution, init: Any, groups: int = 1):
+    """Sample a kernel site with ``prior`` expanded to ``shape``, marked for the LRT.
+
+    ``groups``: a convolution's ``feature_group_count``, recorded under
+    :data:`GROUPS_KEY` when above 1.
+    """
     fn = prior.expand(shape).to_event(len(shape))
-    return numpyro.sample(name, fn, infer={INIT_KEY: init, LRT_FLAG: True})
+    infer = {INIT_KEY: init, LRT_FLAG: True}
+    if int(groups) != 1:
+        infer[GROUPS_KEY] = int(groups)
+    return numpyro.sample(name, fn, infer=infer)
 
 
 def dense(
@@ -180,7 +193,8 @@ def conv(
         )
     size = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
     shape = (*size, in_features // feature_group_count, int(features))
-    kernel = weight_site(f"{name}.kernel", shape, prior, _kernel_init(init, shape, name))
+    init = _kernel_init(init, shape, name)
+    kernel = weight_site(f"{name}.kernel", shape, prior, init, feature_group_count)
     bias = _bias_param(name, features, use_bias, bias_init)
     return ops.conv(
         x,
@@ -243,7 +257,8 @@ class _Layer:
         return tuple(self.kernel_init.shape)
 
     def __call__(self, x, prior: Distribution):
-        kernel = weight_site(self.site, self.shape, prior, self.kernel_init)
+        groups = self.settings.get("feature_group_count", 1)
+        kernel = weight_site(self.site, self.shape, prior, self.kernel_init, groups)
         bias = None if self.bias is None else numpyro.param(self.bias, self.bias_init)
         return self.apply(x, kernel, bias)
 
