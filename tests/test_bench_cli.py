@@ -134,6 +134,8 @@ def test_gradreg_smoke_schema(backend, capsys):
         assert (r["dataset"], r["arch"], r["test_examples"]) == ("digits", "lenet300", 100)
         assert 0 <= r["test_error"] <= 1 and 0 <= r["ece"] <= 1
         assert finite_positive(r["nll"]) and finite_positive(r["brier"])
+        assert r["compression"] >= 1
+    assert out["runs"][0]["compression"] == 1.0  # MAP prunes nothing
     assert [r["variance_lr"] for r in out["runs"]] == [None, None, None, 1e-2]
 
 

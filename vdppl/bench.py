@@ -17,7 +17,7 @@ JSON of each kind (extra keys are allowed and documented where they are made):
 * ``sparsify``: ``{"runs": [{"arch", "dataset", "method", "recipe", "test_error",
   "compression", "layers", "units_removed", "inference_ms", ...}], ...}``
 * ``gradreg``: ``{"runs": [{"dataset", "arch", "method", "test_error", "nll", "ece",
-  "brier", "train_seconds", ...}], ...}``
+  "brier", "compression", "train_seconds", ...}], ...}``
 
 [1] Kingma, Salimans, Welling (2015) "Variational Dropout and the Local
     Reparameterization Trick", arXiv:1506.02557.
@@ -455,6 +455,7 @@ def bench_gradreg(args) -> dict:
                     "nll": scores["nll"],
                     "ece": scores["ece"],
                     "brier": scores["brier"],
+                    "compression": trainer.sparsity().compression,
                     "train_seconds": seconds,
                     "epochs": config.epochs,
                     "train_examples": len(data.x_train),
@@ -595,11 +596,14 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
             f"MAP vs sampling VI vs gradient regularisation, {out['backend']}, lr {out['lr']}, "
             f"{out['eval_samples']} predictive draws"
         )
-        print(f"{'dataset':<15}{'arch':<10}{'method':<21}{'error':>8}{'NLL':>8}{'ECE':>8}{'s':>8}")
+        print(
+            f"{'dataset':<15}{'arch':<10}{'method':<21}{'error':>8}{'NLL':>8}{'ECE':>8}"
+            f"{'x':>8}{'s':>8}"
+        )
         for r in out["runs"]:
             print(
                 f"{r['dataset']:<15}{r['arch']:<10}{r['method']:<21}{r['test_error']:8.4f}"
-                f"{r['nll']:8.4f}{r['ece']:8.4f}{r['train_seconds']:8.1f}"
+                f"{r['nll']:8.4f}{r['ece']:8.4f}{r['compression']:8.1f}{r['train_seconds']:8.1f}"
             )
     else:
         print(
