@@ -132,3 +132,23 @@ def test_batchnorm_follows_torch_defaults():
     vgg = build(models.architecture("vgg-like", 10), (3, 32, 32))
     shapes = jax.eval_shape(vgg.module.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
     assert len([k for k in shapes["batch_stats"]]) == 14  # 13 convs and the fc 512
+
+
+def test_plain_predictor_compresses_lenet5_like_the_masked_network():
+    # LeNet-5 after one epoch from log sigma^2 = -2, so that log alpha >= 3 wherever
+    # |theta| < exp(-2.5) ~ 0.08: many of the fc-500 units lose all 10 outgoing
+    # weights and compress has something to remove. Its outputs must equal
+    # the pruned mean network's up to float32 rounding of the reordered sums (atol 1e-4
+    # on logits of order 10).
+    x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
+    y = (np.arange(64) % 10).astype(np.int64)
+    dataset = data.Dataset(
+        name="random", task="classification", x_train=x, y_train=y, x_test=x[:16],
+        y_test=y[:16], input_shape=(1, 28, 28), num_classes=10, image_shape=(28, 28),
+        y_mean=0.0, y_std=1.0, description="random 28x28 images",
+    )  # fmt: skip
+    trainer = Trainer(config(arch="lenet5", init_log_sigma2=-2.0, batch_size=32), dataset)
+    trainer.epoch(0)
+    small = trainer.plain_predictor()
+    assert small["units_removed"] > 0
+    assert_close(small["predict"](x[:16]), trainer.pruned_outputs(x[:16]), atol=1e-4, rtol=0)
