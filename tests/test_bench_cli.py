@@ -133,6 +133,7 @@ def test_gradreg_smoke_schema(backend, capsys):
     for r in out["runs"]:
         assert (r["dataset"], r["arch"], r["test_examples"]) == ("digits", "lenet300", 100)
         assert 0 <= r["test_error"] <= 1 and 0 <= r["ece"] <= 1
+        assert 0 <= r["test_error_mean_network"] <= 1
         assert finite_positive(r["nll"]) and finite_positive(r["brier"])
         assert r["compression"] >= 1
     assert out["runs"][0]["compression"] == 1.0  # MAP prunes nothing
