@@ -396,8 +396,6 @@ def _regression_metrics(trainer, config, dataset, idata=None, outputs=None) -> d
     given). MAP: of ``Normal(point prediction, sigma)`` with the fitted (or fixed)
     observation noise ``sigma``, which ``obs_noise_std`` reports.
     """
-    from statistics import NormalDist
-
     from vdppl.diagnostics import metrics
 
     scale, n = float(dataset.y_std), len(dataset.y_test)
@@ -406,12 +404,11 @@ def _regression_metrics(trainer, config, dataset, idata=None, outputs=None) -> d
         if outputs is None:
             outputs = trainer.pruned_outputs(dataset.x_test)
         mean = outputs.astype(np.float64) * scale
-        sigma = _observation_sigma(trainer, config) * scale
+        sigma = trainer.observation_noise() * scale
         std = np.full_like(mean, sigma)
         result = {"rmse": metrics.rmse(mean, y), "gaussian_nll": metrics.gaussian_nll(mean, std, y)}
-        for level in (0.5, 0.9, 0.95):
-            z = NormalDist().inv_cdf((1 + level) / 2)
-            result[f"coverage_{level:g}"] = float(np.mean(np.abs(y - mean) <= z * sigma))
+        for level, share in metrics.gaussian_interval_coverage(mean, std, y).items():
+            result[f"coverage_{level:g}"] = share
         result["obs_noise_std"] = sigma
         result["test_lpd"] = -result["gaussian_nll"] * n
         return result
@@ -426,18 +423,6 @@ def _regression_metrics(trainer, config, dataset, idata=None, outputs=None) -> d
     lpd = top + np.log(np.mean(np.exp(log_lik - top), axis=0))  # log mean_s p(y_i | w_s)
     result["test_lpd"] = float(lpd.sum() - n * np.log(scale))
     return result
-
-
-def _observation_sigma(trainer, config) -> float:
-    """The observation noise std of a regression run (standardized scale): fixed by
-    ``--obs-noise`` or the fitted point estimate in the backend's parameters."""
-    if config.obs_noise != "learned":
-        return float(config.obs_noise)
-    if config.backend == "numpyro":
-        return float(trainer.params["obs_noise"])
-    import pyro
-
-    return float(pyro.param("obs_noise").detach())
 
 
 def _summary(metrics: dict) -> str:

@@ -278,6 +278,13 @@ class Trainer:
         """Fitted parameters with the mutable state (BatchNorm statistics) merged in."""
         return {**self.svi.get_params(self.state), **(self.state.mutable_state or {})}
 
+    def observation_noise(self) -> float:
+        """The regression head's observation noise std (standardized targets): fixed by
+        ``--obs-noise``, or the fitted point estimate ``obs_noise`` in :attr:`params`."""
+        if self.config.obs_noise != "learned":
+            return float(self.config.obs_noise)
+        return float(self.params["obs_noise"])
+
     def kl(self) -> float:
         """The analytic KL of the weight sites (0 for MAP, which has none)."""
         if not self.variational:

@@ -152,6 +152,13 @@ class Trainer:
             "seconds": seconds,
         }
 
+    def observation_noise(self) -> float:
+        """The regression head's observation noise std (standardized targets): fixed by
+        ``--obs-noise``, or the fitted point estimate ``obs_noise`` in the param store."""
+        if self.config.obs_noise != "learned":
+            return float(self.config.obs_noise)
+        return float(pyro.param("obs_noise").detach())
+
     def kl(self) -> float:
         """The analytic KL of the weight sites (0 for MAP, which has none)."""
         if not isinstance(self.guide, AutoVariationalDropout):
