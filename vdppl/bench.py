@@ -339,7 +339,6 @@ def bench_variance(args) -> dict:
 
 def bench_sparsify(args) -> dict:
     """Dense (MAP) and sparse VD runs of each architecture on each dataset."""
-    from vdppl.runs import Config
 
     if args.smoke:
         args.epochs, args.warmup, args.warmup_start = 1, 1, 0
@@ -350,24 +349,14 @@ def bench_sparsify(args) -> dict:
             results: dict[str, dict] = {}
             with tempfile.TemporaryDirectory(prefix="vdppl-bench-") as tmp:
                 for method in ("map", "sparse-vd"):
-                    config = Config(
-                        backend=args.backend,
-                        dataset=dataset,
-                        data_root=args.data_root,
-                        arch=arch,
-                        method=method,
-                        epochs=args.epochs,
-                        lr=args.lr,
-                        warmup=args.warmup,
-                        warmup_start=args.warmup_start,
-                        batch_size=args.batch_size,
-                        lr_schedule="paper",
-                        seed=args.seed,
+                    config = _run_config(
+                        args,
+                        dataset,
+                        arch,
+                        method,
                         eval_samples=1,
-                        limit_train=300 if args.smoke else None,
-                        limit_test=100 if args.smoke else None,
                         pretrained=tmp if method != "map" and recipe == "pretrained" else None,
-                    ).validate()
+                    )
                     trainer, data, seconds = _train(config)
                     if method == "map" and recipe == "pretrained":
                         _save_run(trainer, config, Path(tmp))
@@ -410,7 +399,6 @@ def bench_gradreg(args) -> dict:
     sparse deterministic predictor of [2]; MAP: the point estimate).
     """
     from vdppl.diagnostics import metrics
-    from vdppl.runs import Config
 
     if args.smoke:
         args.epochs, args.warmup, args.warmup_start, args.eval_samples = 1, 1, 0, 4
@@ -423,24 +411,14 @@ def bench_gradreg(args) -> dict:
     runs = []
     for dataset in args.datasets:
         for label, (method, variance_lr) in variants.items():
-            config = Config(
-                backend=args.backend,
-                dataset=dataset,
-                data_root=args.data_root,
-                arch=args.arch,
-                method=method,
-                epochs=args.epochs,
-                lr=args.lr,
+            config = _run_config(
+                args,
+                dataset,
+                args.arch,
+                method,
                 variance_lr=variance_lr,
-                warmup=args.warmup,
-                warmup_start=args.warmup_start,
-                batch_size=args.batch_size,
-                lr_schedule="paper",
-                seed=args.seed,
                 eval_samples=args.eval_samples,
-                limit_train=300 if args.smoke else None,
-                limit_test=100 if args.smoke else None,
-            ).validate()
+            )
             trainer, data, seconds = _train(config)
             draws = 1 if method == "map" else config.eval_samples
             scores = metrics.classification_metrics(
@@ -478,6 +456,31 @@ def bench_gradreg(args) -> dict:
         "seed": args.seed,
         "machine": machine_info(),
     }
+
+
+def _run_config(args, dataset: str, arch: str, method: str, **options):
+    """The ``Config`` of one run of a training bench: the bench's shared options (epochs,
+    lr with the paper schedule, KL warm-up, batch size, seed; ``--smoke``: the first 300
+    training and 100 test examples) and the run's ``options``."""
+    from vdppl.runs import Config
+
+    return Config(
+        backend=args.backend,
+        dataset=dataset,
+        data_root=args.data_root,
+        arch=arch,
+        method=method,
+        epochs=args.epochs,
+        lr=args.lr,
+        warmup=args.warmup,
+        warmup_start=args.warmup_start,
+        batch_size=args.batch_size,
+        lr_schedule="paper",
+        seed=args.seed,
+        limit_train=300 if args.smoke else None,
+        limit_test=100 if args.smoke else None,
+        **options,
+    ).validate()
 
 
 def _train(config):
@@ -638,7 +641,7 @@ def _print_table(kind: str, out: dict[str, Any]) -> None:
 
 
 def add_parser(sub) -> None:
-    """The ``bench`` sub-command and its three kinds."""
+    """The ``bench`` sub-command and its kinds."""
     bench = sub.add_parser("bench", help="reproduce the papers' measurements")
     kinds = bench.add_subparsers(
         dest="kind", metavar="{variance,speed,sparsify,gradreg}", required=True
@@ -661,8 +664,7 @@ def add_parser(sub) -> None:
             p.add_argument("--stage", default="init", choices=("init", "trained"))
             p.add_argument("--epochs", type=int, default=10, help="training before 'trained'")
         if kind == "sparsify":
-            p.add_argument("--datasets", nargs="+", default=["fashion-mnist", "mnist5k"])
-            p.add_argument("--data-root", help="directory with the datasets' files")
+            _training_arguments(p, ["fashion-mnist", "mnist5k"], epochs=200, warmup=(5, 20))
             p.add_argument("--archs", nargs="+", default=["lenet300", "lenet5"])
             p.add_argument(
                 "--recipe",
@@ -670,22 +672,9 @@ def add_parser(sub) -> None:
                 choices=("paper", *RECIPES),
                 help="paper: lenet300 from scratch, others from the dense run's weights",
             )
-            p.add_argument("--epochs", type=int, default=200)
-            p.add_argument("--warmup", type=int, default=20, help="KL weight 1 from this epoch")
-            p.add_argument(
-                "--warmup-start", type=int, default=5, help="KL weight 0 before this epoch"
-            )
-            p.add_argument("--lr", type=float, default=1e-3)
         if kind == "gradreg":
-            p.add_argument("--datasets", nargs="+", default=["mnist5k", "fashion-mnist"])
-            p.add_argument("--data-root", help="directory with the datasets' files")
+            _training_arguments(p, ["mnist5k", "fashion-mnist"], epochs=30, warmup=(0, 10))
             p.add_argument("--arch", default="lenet300", choices=ARCHS)
-            p.add_argument("--epochs", type=int, default=30)
-            p.add_argument("--warmup", type=int, default=10, help="KL weight 1 from this epoch")
-            p.add_argument(
-                "--warmup-start", type=int, default=0, help="KL weight 0 before this epoch"
-            )
-            p.add_argument("--lr", type=float, default=1e-3)
             p.add_argument(
                 "--variance-lr",
                 type=float,
@@ -694,6 +683,18 @@ def add_parser(sub) -> None:
             )
             p.add_argument("--eval-samples", type=int, default=100)
         p.set_defaults(func=run)
+
+
+def _training_arguments(p, datasets: list[str], epochs: int, warmup: tuple[int, int]) -> None:
+    """The options of the benches that train runs (``sparsify``, ``gradreg``)."""
+    p.add_argument("--datasets", nargs="+", default=datasets)
+    p.add_argument("--data-root", help="directory with the datasets' files")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--warmup", type=int, default=warmup[1], help="KL weight 1 from this epoch")
+    p.add_argument(
+        "--warmup-start", type=int, default=warmup[0], help="KL weight 0 before this epoch"
+    )
+    p.add_argument("--lr", type=float, default=1e-3)
 
 
 def run(args) -> int:
